@@ -1,0 +1,1 @@
+"""Private implementation modules of nc_jax; import from `nc_jax` instead."""

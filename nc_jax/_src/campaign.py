@@ -1,0 +1,293 @@
+"""The Neuron Campaign end to end: draw candidates, score them, elect, gather."""
+
+from __future__ import annotations
+
+import functools
+import numbers
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
+
+from nc_jax._src import scores as scores_lib
+from nc_jax._src import select as select_lib
+from nc_jax._src import validation
+
+Initializer = Callable[..., jax.Array]
+Activation = Callable[[jax.Array], jax.Array]
+
+# Published experiments draw five candidates per neuron (ALGORITHM.md, Notation).
+CANDIDATES_PER_NEURON = 5
+
+
+def draw_candidates(
+    key: jax.Array,
+    base_init: Initializer,
+    shape: tuple[int, int],
+    num_candidates: int,
+    dtype: DTypeLike = jnp.float32,
+) -> jax.Array:
+  """Draws candidate neurons distributed exactly like the layer's kernel columns.
+
+  The candidates are `ceil(num_candidates / fan_out)` independent draws
+  `base_init(key_i, (fan_in, fan_out), dtype)`, with `key_i` from
+  `jax.random.split(key, ceil(num_candidates / fan_out))`, side by side; the
+  first `num_candidates` columns are kept. Every column thus has the
+  distribution the base initializer gives a column of this very layer (the
+  published code's single `(fan_in, N)` draw reads its fan-in wrongly).
+
+  Args:
+    key: a PRNG key.
+    base_init: any `jax.nn.initializers` callable, e.g. `he_normal()`.
+    shape: the layer's kernel shape `(fan_in, fan_out)`.
+    num_candidates: N, the number of candidates to draw.
+    dtype: the kernel's dtype.
+
+  Returns:
+    Candidates as columns, shape `(fan_in, num_candidates)`, in `dtype`.
+
+  Examples:
+    >>> import jax
+    >>> import nc_jax
+    >>> w = nc_jax.draw_candidates(jax.random.key(0),
+    ...                            jax.nn.initializers.he_normal(), (784, 100), 500)
+    >>> w.shape, w.dtype
+    ((784, 500), dtype('float32'))
+  """
+  fan_in, fan_out = _check_shape(shape)
+  _check_num_candidates(num_candidates, fan_out)
+  draws = -(-num_candidates // fan_out)
+  keys = jax.random.split(key, draws)
+  w = jax.vmap(lambda k: base_init(k, (fan_in, fan_out), dtype))(keys)
+  return jnp.moveaxis(w, 0, 1).reshape(fan_in, draws * fan_out)[:, :num_candidates]
+
+
+def _check_shape(shape: Any) -> tuple[int, int]:
+  shape = tuple(shape)
+  if len(shape) != 2:
+    raise ValueError(
+        f"`shape` must be a dense kernel's (fan_in, fan_out), got {shape}; "
+        "campaign initialization elects columns of 2-D kernels (flax `Dense`, "
+        "`nnx.Linear`).")
+  if shape[1] < 1:
+    raise ValueError(f"`shape` must have fan_out >= 1, got {shape}.")
+  return int(shape[0]), int(shape[1])
+
+
+def _check_num_candidates(num_candidates: Any, fan_out: int) -> None:
+  if not isinstance(num_candidates, numbers.Integral) or num_candidates < fan_out:
+    raise ValueError(
+        f"`num_candidates` must be an int >= fan_out={fan_out} (the campaign "
+        f"elects fan_out of them), got {num_candidates!r}; the default is "
+        f"{CANDIDATES_PER_NEURON} * fan_out.")
+
+
+@functools.partial(
+    jax.jit, static_argnames=("k", "activation", "class_balanced", "num_classes"))
+def _campaign_select(x, labels, candidates, alpha, bias, *, k, activation,
+                     class_balanced, num_classes):
+  """Steps 1-4 for validated inputs; returns indices and the dropped flags."""
+  w = candidates.astype(x.dtype)
+  z = activation(x @ w + bias.astype(x.dtype))  # Step 1
+  moments = scores_lib.class_moments(z, labels, num_classes)
+  scores, dropped = scores_lib.scores_from_moments(  # Step 2
+      moments, alpha, labels is not None)
+  if class_balanced and labels is not None:  # Step 3
+    groups, num_groups = scores_lib.class_groups(moments), num_classes
+  else:
+    groups, num_groups = jnp.zeros(w.shape[1], jnp.int32), 1
+  return select_lib.elect(w, scores, groups, num_groups, k), dropped  # Step 4
+
+
+def _check_bias(bias: ArrayLike) -> jax.Array:
+  if jnp.ndim(bias) != 0:
+    raise ValueError(
+        "`bias` must be a scalar (the value every neuron's bias starts at), "
+        f"got shape {jnp.shape(bias)}.")
+  return jnp.asarray(bias)
+
+
+def campaign_select(
+    batch: ArrayLike,
+    labels: ArrayLike | None,
+    candidates: ArrayLike,
+    k: int,
+    *,
+    alpha: float = 0.5,
+    activation: Activation = jax.nn.relu,
+    class_balanced: bool = True,
+    num_classes: int | None = None,
+    bias: float = 0.0,
+) -> jax.Array:
+  """Elects k of the given candidate neurons by a Neuron Campaign on a batch.
+
+  Steps 1-4 of the campaign: responses `z = activation(batch @ candidates +
+  bias)`, scores from the two information-bottleneck criteria
+  (`neuron_scores`), class-balanced quotas (`class_quotas`) and the greedy
+  null-space election (`select_neurons`), all in one compiled function.
+
+  Args:
+    batch: inputs to the layer, `(m, fan_in)` or `(m, *dims)`, `m >= 2`.
+    labels: int class ids `(m,)`, one-hot `(m, C)`, or None (input information
+      only).
+    candidates: candidate weight vectors as columns, `(fan_in, N)`.
+    k: number of neurons to elect, `k <= N`.
+    alpha: weight of the input-information criterion, in [0, 1].
+    activation: the activation that follows the layer (identity for an
+      output layer: `lambda z: z`).
+    class_balanced: split the k picks over the classes the candidates respond
+      to most (Step 3); otherwise one group.
+    num_classes: C; inferred from one-hot width or `max(labels) + 1`.
+    bias: the scalar bias every neuron of the layer starts with.
+
+  Returns:
+    int32 indices of the elected candidates, shape `(k,)`, in Step 5's order.
+
+  Raises:
+    ValueError, TypeError: for malformed input, named in the message.
+
+  Examples:
+    >>> import jax
+    >>> import nc_jax
+    >>> kx, kw = jax.random.split(jax.random.key(0))
+    >>> x = jax.random.normal(kx, (64, 20))
+    >>> y = jax.numpy.arange(64) % 4
+    >>> w = jax.random.normal(kw, (20, 50))
+    >>> idx = nc_jax.campaign_select(x, y, w, 10)
+    >>> idx.shape, len(set(idx.tolist()))
+    ((10,), 10)
+
+  References:
+    Mao et al., "Neuron Campaign for Initialization Guided by Information
+    Bottleneck Theory", CIKM 2021, https://arxiv.org/abs/2108.06530.
+  """
+  x = validation.as_batch(batch)
+  labels, num_classes = validation.as_int_labels(labels, x.shape[0], num_classes)
+  candidates = jnp.asarray(candidates)
+  if candidates.ndim != 2 or candidates.shape[0] != x.shape[1]:
+    raise ValueError(
+        f"`candidates` must have shape (fan_in, N) with fan_in={x.shape[1]} "
+        f"(the batch's features), got {candidates.shape}.")
+  select_lib._check_k(k, candidates.shape[1])
+  indices, dropped = _campaign_select(
+      x, labels, candidates, validation.check_alpha(alpha), _check_bias(bias),
+      k=k, activation=activation, class_balanced=bool(class_balanced),
+      num_classes=num_classes)
+  scores_lib.warn_if_dropped(dropped)
+  return indices
+
+
+@functools.partial(
+    jax.jit, static_argnames=("base_init", "shape", "dtype", "num_candidates",
+                              "activation", "class_balanced", "num_classes"))
+def _campaign_kernel(key, x, labels, alpha, bias, *, base_init, shape, dtype,
+                     num_candidates, activation, class_balanced, num_classes):
+  w = draw_candidates(key, base_init, shape, num_candidates, dtype)
+  indices, dropped = _campaign_select(
+      x, labels, w, alpha, bias, k=shape[1], activation=activation,
+      class_balanced=class_balanced, num_classes=num_classes)
+  return w[:, indices], dropped  # Step 5: the raw candidate columns
+
+
+def campaign_init(
+    batch: ArrayLike,
+    labels: ArrayLike | None = None,
+    *,
+    alpha: float = 0.5,
+    num_candidates: int | None = None,
+    base_init: Initializer = jax.nn.initializers.he_normal(),
+    activation: Activation = jax.nn.relu,
+    class_balanced: bool = True,
+    num_classes: int | None = None,
+    bias: float = 0.0,
+) -> Initializer:
+  """Builds an initializer that elects a layer's neurons by a Neuron Campaign.
+
+  The returned `init(key, shape, dtype)` has the `jax.nn.initializers`
+  signature, so it plugs into `flax.linen.Dense(kernel_init=...)` and
+  `flax.nnx.Linear(kernel_init=...)`. It draws `num_candidates` candidate
+  neurons from `base_init` (`draw_candidates` with the whole key), scores them
+  on `batch` by the two information-bottleneck criteria, elects `fan_out` of
+  them (`campaign_select`) and returns those columns, unscaled, in `dtype`.
+  Statistics are computed in float32 whatever `dtype` is. The batch and labels
+  are checked once, here; `init` compiles once per shape, dtype and options
+  and works under `jax.jit`.
+
+  Args:
+    batch: the inputs this layer will see, `(m, fan_in)` or `(m, *dims)` that
+      flattens to fan_in, `m >= 2`; for a deeper layer, the activations the
+      layers before it produce.
+    labels: int class ids `(m,)`, one-hot `(m, C)`, or None (the unsupervised
+      campaign: input information only).
+    alpha: weight of the input-information criterion MI(X;Z), in [0, 1];
+      `1 - alpha` weighs the label criterion MI(Z;Y). Front layers favour
+      alpha near 1, rear layers alpha near 0.
+    num_candidates: N, candidates drawn per layer; default `5 * fan_out`.
+    base_init: the initializer candidates are drawn from (He normal by
+      default; `glorot_uniform()` for Xavier candidates).
+    activation: the activation that follows the layer (identity for an
+      output layer).
+    class_balanced: split the elected neurons over the classes, as published.
+    num_classes: C; inferred from one-hot width or `max(labels) + 1`.
+    bias: the scalar bias the layer's neurons start with.
+
+  Returns:
+    `init(key, shape, dtype=jnp.float32) -> jax.Array`, a kernel of shape
+    `(fan_in, fan_out)`.
+
+  Raises:
+    ValueError, TypeError: here for malformed batch, labels or options, and
+      from `init` for a shape that does not fit the batch.
+
+  Examples:
+    >>> import jax
+    >>> import flax.linen as nn
+    >>> import nc_jax
+    >>> x = jax.random.normal(jax.random.key(0), (128, 32))
+    >>> y = jax.numpy.arange(128) % 10
+    >>> layer = nn.Dense(16, kernel_init=nc_jax.campaign_init(x, y))
+    >>> params = layer.init(jax.random.key(1), x)["params"]
+    >>> params["kernel"].shape, params["kernel"].dtype
+    ((32, 16), dtype('float32'))
+
+  References:
+    Mao et al., "Neuron Campaign for Initialization Guided by Information
+    Bottleneck Theory", CIKM 2021, https://arxiv.org/abs/2108.06530.
+  """
+  x = validation.as_batch(batch)
+  int_labels, num_classes = validation.as_int_labels(labels, x.shape[0],
+                                                     num_classes)
+  alpha = validation.check_alpha(alpha)
+  bias = _check_bias(bias)
+  if num_candidates is not None and (
+      not isinstance(num_candidates, numbers.Integral) or num_candidates < 1):
+    raise ValueError(
+        f"`num_candidates` must be a positive int or None, got "
+        f"{num_candidates!r}.")
+  if not callable(base_init) or not callable(activation):
+    raise TypeError(
+        "`base_init` and `activation` must be callables, got "
+        f"{type(base_init).__name__} and {type(activation).__name__}.")
+
+  def init(key: jax.Array, shape: tuple[int, ...],
+           dtype: DTypeLike = jnp.float32) -> jax.Array:
+    fan_in, fan_out = _check_shape(shape)
+    if fan_in != x.shape[1]:
+      raise ValueError(
+          f"`batch` has {x.shape[1]} features but the kernel expects "
+          f"fan_in={fan_in}; pass the activations that feed this layer.")
+    n = CANDIDATES_PER_NEURON * fan_out if num_candidates is None else num_candidates
+    _check_num_candidates(n, fan_out)
+    dtype = jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(f"`dtype` must be a floating dtype, got {dtype}.")
+    kernel, dropped = _campaign_kernel(
+        key, x, int_labels, alpha, bias, base_init=base_init,
+        shape=(fan_in, fan_out), dtype=dtype, num_candidates=int(n),
+        activation=activation, class_balanced=bool(class_balanced),
+        num_classes=num_classes)
+    scores_lib.warn_if_dropped(dropped)
+    return kernel
+
+  return init

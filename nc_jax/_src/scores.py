@@ -1,0 +1,202 @@
+"""Step 2 of ALGORITHM.md: the two information-bottleneck criteria per neuron.
+
+All statistics are reduced to per-class moments (count, mean, sum of squared
+deviations) of the candidates' responses; both criteria and the class
+groups of Step 3 are read off those moments.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from nc_jax._src import validation
+
+# A norm at most this fraction of the responses' scale counts as zero (Step 2
+# fix): rounding leaves ~1e-7 relative residue where the exact value is 0.
+_ZERO_RTOL = 1e-5
+
+
+class CriterionDroppedWarning(UserWarning):
+  """A criterion of the campaign's score carries no information on the batch."""
+
+
+class ClassMoments(NamedTuple):
+  """Per-class moments of the responses `z` (shape `(m, N)`) of N candidates.
+
+  Means are stored relative to `shift` (the batch's first row), which keeps
+  constant columns exactly constant and offset data well conditioned.
+  """
+
+  count: jax.Array  # (C,) samples per class
+  mean: jax.Array  # (C, N) class means of z - shift
+  m2: jax.Array  # (C, N) sums of squared deviations from the class mean
+  shift: jax.Array  # (N,) reference response subtracted before summing
+
+
+class Dropped(NamedTuple):
+  """Which criteria dropped out of the score (Step 2 fix), as bool scalars."""
+
+  input_info: jax.Array  # every candidate's response is constant
+  label_info: jax.Array  # labels given, but no class separation to measure
+
+
+def class_moments(z: jax.Array, labels: jax.Array | None,
+                  num_classes: int) -> ClassMoments:
+  """Per-class count, mean and sum of squared deviations of each column of z.
+
+  Two passes (means, then squared deviations from them) over one-hot
+  products, so nothing loops over samples or classes. With `labels=None`
+  there is one class holding every sample.
+  """
+  shift = z[0]
+  centred = z - shift
+  if labels is None:
+    onehot = jnp.ones((z.shape[0], 1), z.dtype)
+  else:
+    onehot = jax.nn.one_hot(labels, num_classes, dtype=z.dtype)
+  count = onehot.sum(axis=0)
+  mean = (onehot.T @ centred) / jnp.maximum(count, 1)[:, None]
+  deviation = centred - onehot @ mean
+  m2 = onehot.T @ (deviation * deviation)
+  return ClassMoments(count, mean, m2, shift)
+
+
+def _unit(v: jax.Array, atol: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`v / ||v||`, and 0 when `||v|| <= atol`; also returns that zero flag."""
+  norm = jnp.linalg.norm(v)
+  is_zero = norm <= atol
+  return jnp.where(is_zero, 0.0, v / jnp.where(is_zero, 1.0, norm)), is_zero
+
+
+def scores_from_moments(
+    moments: ClassMoments, alpha: jax.Array, has_labels: bool
+) -> tuple[jax.Array, Dropped]:
+  """Step 2: `alpha * div + (1 - alpha) * acc` per candidate, NaN-free."""
+  count, mean, m2, shift = moments
+  m = count.sum()
+  weights = count[:, None]
+  # Total moments by the parallel-variance merge of the class moments.
+  total_mean = (weights * mean).sum(axis=0) / m
+  total_m2 = m2.sum(axis=0) + (weights * (mean - total_mean) ** 2).sum(axis=0)
+  div = jnp.sqrt(total_m2 / (m - 1))
+  # The scale a zero is judged against: the norm of the columns' RMS.
+  scale = jnp.linalg.norm(jnp.sqrt((total_mean + shift) ** 2 + total_m2 / m))
+  atol = _ZERO_RTOL * scale
+  div, input_dropped = _unit(div, atol)
+  if not has_labels:
+    return div, Dropped(input_dropped, jnp.asarray(False))
+
+  present = (count > 0)[:, None]
+  num_present = present.sum()
+  class_mean = jnp.where(present, mean, 0.0).sum(axis=0) / jnp.maximum(
+      num_present, 1)
+  between = jnp.sqrt(
+      jnp.where(present, (mean - class_mean) ** 2, 0.0).sum(axis=0)
+      / jnp.maximum(num_present - 1, 1))
+  # A single-sample class has m2 == 0 exactly, so its std is 0 (Step 2).
+  class_std = jnp.sqrt(m2 / jnp.maximum(count - 1, 1)[:, None])
+  within = jnp.where(present, class_std, 0.0).sum(axis=0) / jnp.maximum(
+      num_present, 1)
+  between, _ = _unit(between, atol)
+  within, _ = _unit(within, atol)
+  acc, acc_zero = _unit(between - within, jnp.asarray(_ZERO_RTOL, div.dtype))
+  separable = num_present >= 2
+  score = jnp.where(separable, alpha * div + (1 - alpha) * acc, div)
+  return score, Dropped(input_dropped, ~separable | acc_zero)
+
+
+def class_groups(moments: ClassMoments) -> jax.Array:
+  """Step 3: each candidate's class, the one with its highest mean response.
+
+  Only classes present in the batch compete; ties go to the lowest class id.
+  """
+  present = (moments.count > 0)[:, None]
+  return jnp.argmax(jnp.where(present, moments.mean, -jnp.inf),
+                    axis=0).astype(jnp.int32)
+
+
+def warn_if_dropped(dropped: Dropped) -> None:
+  """Warns about criteria that dropped out; silent under tracing."""
+  if not all(validation.is_concrete(flag) for flag in dropped):
+    return
+  if bool(dropped.input_info):
+    warnings.warn(
+        "The input-information criterion (MI(X;Z) proxy) dropped out: every "
+        "candidate's response is constant on the batch (e.g. all ReLUs are "
+        "dead). Scores carry no input information; check the batch and the "
+        "layer's activation.",
+        CriterionDroppedWarning, stacklevel=3)
+  if bool(dropped.label_info):
+    warnings.warn(
+        "The label-information criterion (MI(Z;Y) proxy) dropped out: fewer "
+        "than two classes are present in the batch, or no candidate separates "
+        "them. The score is the input-information criterion alone; pass a "
+        "batch with several classes to use labels.",
+        CriterionDroppedWarning, stacklevel=3)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes",))
+def _neuron_scores(z, labels, alpha, num_classes):
+  moments = class_moments(z, labels, num_classes)
+  return scores_from_moments(moments, alpha, labels is not None)
+
+
+def neuron_scores(
+    z: ArrayLike,
+    labels: ArrayLike | None = None,
+    *,
+    alpha: float = 0.5,
+    num_classes: int | None = None,
+) -> jax.Array:
+  """Scores candidate neurons by the two information-bottleneck criteria.
+
+  Step 2 of the Neuron Campaign: for the responses `z = act(X @ W + b)` of N
+  candidates to a batch of m samples, the score of candidate j is
+  `alpha * div_j + (1 - alpha) * acc_j`, where `div` (the MI(X;Z) proxy) is
+  the standard deviation of its responses and `acc` (the MI(Z;Y) proxy) is
+  the spread of its class means minus its mean within-class spread, each
+  criterion normalized over the candidates. With no labels, or fewer than two
+  classes in the batch, the score is `div` alone. Never NaN: a criterion
+  whose norm is zero is zero.
+
+  Args:
+    z: responses of the candidates, shape `(m, N)`, `m >= 2`.
+    labels: int class ids `(m,)`, one-hot `(m, C)`, or None.
+    alpha: weight of the input-information criterion, in [0, 1].
+    num_classes: C; inferred from one-hot width or `max(labels) + 1`.
+      Required when `labels` are traced.
+
+  Returns:
+    Scores of shape `(N,)`, float32 (float64 for float64 input with x64).
+
+  Raises:
+    ValueError, TypeError: for malformed `z`, `labels` or `alpha`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import nc_jax
+    >>> z = jnp.array([[0., 1., 2.], [0., 3., 2.], [0., 1., 4.], [0., 3., 4.]])
+    >>> labels = jnp.array([0, 0, 1, 1])
+    >>> nc_jax.neuron_scores(z, labels, alpha=0.0).round(3)  # column 2 separates
+    Array([ 0.   , -0.707,  0.707], dtype=float32)
+
+  References:
+    Mao et al., "Neuron Campaign for Initialization Guided by Information
+    Bottleneck Theory", CIKM 2021, https://arxiv.org/abs/2108.06530.
+  """
+  if jnp.ndim(z) != 2:
+    raise ValueError(
+        f"`z` must have shape (m, N) (responses of N candidates to m samples), "
+        f"got shape {jnp.shape(z)}.")
+  z = validation.as_batch(z, "z")
+  labels, num_classes = validation.as_int_labels(labels, z.shape[0], num_classes)
+  scores, dropped = _neuron_scores(z, labels, validation.check_alpha(alpha),
+                                   num_classes)
+  warn_if_dropped(dropped)
+  return scores

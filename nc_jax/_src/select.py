@@ -1,0 +1,259 @@
+"""Steps 3 and 4 of ALGORITHM.md: class quotas and the greedy null-space election."""
+
+from __future__ import annotations
+
+import functools
+import numbers
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from nc_jax._src import validation
+
+# Candidate j's residual is exhausted when ||R_j|| <= tol * ||W_j|| (Step 4 fix).
+_RESIDUAL_RTOL = 1e-4
+
+
+def _quota_step(carry: tuple[jax.Array, jax.Array],
+                size: jax.Array) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+  """One group of the water filling: its size, or its fair share if smaller."""
+  remaining, groups_left = carry
+  quota = jnp.minimum(size, remaining // jnp.maximum(groups_left, 1))
+  return (remaining - quota, groups_left - 1), quota
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _class_quotas(group_sizes: jax.Array, k: int) -> jax.Array:
+  # Visiting groups in ascending (size, id) order and giving each
+  # min(size, remaining // groups_left) is the published water filling: the
+  # sequential floor division hands the remainder's +1s to the last groups.
+  order = jnp.argsort(group_sizes, stable=True)
+  init = (jnp.asarray(k, group_sizes.dtype),
+          jnp.asarray(group_sizes.shape[0], group_sizes.dtype))
+  _, quotas = jax.lax.scan(_quota_step, init, group_sizes[order])
+  return jnp.zeros_like(quotas).at[order].set(quotas)
+
+
+def class_quotas(group_sizes: ArrayLike, k: int) -> jax.Array:
+  """Splits k elected neurons over groups as evenly as their sizes allow.
+
+  Step 3 of the Neuron Campaign (the published `get_split_strategy_`): groups
+  are visited in ascending (size, group id) order; a group smaller than its
+  fair share gives all its members, the rest is shared evenly among the
+  others, and the remainder's +1s go to the last groups in that order.
+
+  Args:
+    group_sizes: int sizes of the groups, shape `(G,)`, summing to >= k.
+    k: number of neurons to elect.
+
+  Returns:
+    int32 quotas of shape `(G,)`, each at most its group's size, summing to k.
+
+  Raises:
+    ValueError: if k is negative or the groups hold fewer than k candidates.
+
+  Examples:
+    >>> import nc_jax
+    >>> nc_jax.class_quotas([10, 10, 10], 10)
+    Array([3, 3, 4], dtype=int32)
+    >>> nc_jax.class_quotas([1, 0, 20, 5], 12)
+    Array([1, 0, 6, 5], dtype=int32)
+  """
+  sizes = jnp.asarray(group_sizes, jnp.int32)
+  if sizes.ndim != 1:
+    raise ValueError(
+        f"`group_sizes` must have shape (G,), got {sizes.shape}.")
+  _check_k(k, None)
+  if validation.is_concrete(sizes) and int(sizes.sum()) < k:
+    raise ValueError(
+        f"the groups hold {int(sizes.sum())} candidates, fewer than k={k}; "
+        "draw more candidates or elect fewer neurons.")
+  return _class_quotas(sizes, k)
+
+
+def _check_k(k: int, num_candidates: int | None) -> None:
+  if not isinstance(k, numbers.Integral) or k < 0:
+    raise ValueError(f"`k` must be a non-negative int, got {k!r}.")
+  if num_candidates is not None and k > num_candidates:
+    raise ValueError(
+        f"cannot elect k={k} neurons from {num_candidates} candidates; draw at "
+        f"least {k} candidates (num_candidates >= fan_out).")
+
+
+class _ElectionConstants(NamedTuple):
+  scores: jax.Array  # (N,) unshifted scores, for the exhausted fallback
+  shifted: jax.Array  # (N,) scores shifted so the worst is 0 (Step 4 fix)
+  exhausted_sq: jax.Array  # (N,) (tol * ||W_j||)^2: at or below, R_j is spent
+  norm: jax.Array  # (N,) ||W_j||
+  groups: jax.Array  # (N,) group id of each candidate
+  member: jax.Array  # (G, N) bool, groups[j] == g
+
+
+class _ElectionState(NamedTuple):
+  residual: jax.Array  # (fan_in, N) each candidate outside span(its group's elected)
+  residual_sq: jax.Array  # (N,) squared norms of the residuals
+  eligible: jax.Array  # (N,) bool, not yet elected
+  owed: jax.Array  # (G,) picks each group still owes to its quota
+
+
+def _elect_round(consts: _ElectionConstants, state: _ElectionState
+                 ) -> tuple[_ElectionState, jax.Array]:
+  """Every group that still owes picks elects one candidate (Step 4)."""
+  active = state.owed > 0
+  spent = state.residual_sq <= consts.exhausted_sq
+  fraction = jnp.where(
+      spent, 0.0,
+      jnp.sqrt(state.residual_sq) / jnp.where(consts.norm > 0, consts.norm, 1))
+  open_ = consts.member & state.eligible  # (G, N)
+  value = jnp.where(open_, consts.shifted * fraction, -jnp.inf)
+  best = jnp.argmax(value, axis=1)
+  projects = jnp.take_along_axis(value, best[:, None], axis=1)[:, 0] > 0
+  # No positive value left (residuals spent): best unshifted score, no projection.
+  fallback = jnp.argmax(jnp.where(open_, consts.scores, -jnp.inf), axis=1)
+  pick = jnp.where(projects, best, fallback)
+
+  # u_g = R_pick / ||R_pick|| for groups that project; each candidate is then
+  # projected off its own group's direction: R_j -= u_g (u_g . R_j).
+  direction = state.residual[:, pick] * jnp.where(
+      active & projects, jax.lax.rsqrt(state.residual_sq[pick]), 0.0)
+  per_candidate = direction[:, consts.groups]
+  coefficient = jnp.sum(per_candidate * state.residual, axis=0)
+  residual = state.residual - per_candidate * coefficient
+  elected = jnp.zeros_like(state.eligible).at[pick].max(active)
+  new_state = _ElectionState(
+      residual=residual,
+      residual_sq=jnp.sum(residual * residual, axis=0),
+      eligible=state.eligible & ~elected,
+      owed=state.owed - active)
+  return new_state, jnp.where(active, pick, -1).astype(jnp.int32)
+
+
+def _elect_step(consts: _ElectionConstants, state: _ElectionState, _
+                ) -> tuple[_ElectionState, jax.Array]:
+  """A scan step: one election round, skipped once every quota is met."""
+  def skip(state):
+    return state, jnp.full(state.owed.shape, -1, jnp.int32)
+  return jax.lax.cond(jnp.any(state.owed > 0),
+                      functools.partial(_elect_round, consts), skip, state)
+
+
+def elect(candidates: jax.Array, scores: jax.Array, groups: jax.Array,
+          num_groups: int, k: int) -> jax.Array:
+  """Steps 3-4 for traced inputs: quotas, then one scan of election rounds.
+
+  All groups advance in parallel in each round (masking); the scan's static
+  length is k, the most rounds any quota can need, and rounds after the
+  largest quota is met are skipped by a `lax.cond`.
+  """
+  w = candidates.astype(validation.compute_dtype(candidates.dtype))
+  scores = scores.astype(w.dtype)
+  member = groups[None, :] == jnp.arange(num_groups)[:, None]
+  quotas = _class_quotas(member.sum(axis=1, dtype=jnp.int32), k)
+  norm_sq = jnp.sum(w * w, axis=0)
+  consts = _ElectionConstants(
+      scores=scores,
+      shifted=scores - jnp.minimum(scores.min(), 0),
+      exhausted_sq=_RESIDUAL_RTOL**2 * norm_sq,
+      norm=jnp.sqrt(norm_sq),
+      groups=groups,
+      member=member)
+  state = _ElectionState(w, norm_sq, jnp.ones(scores.shape, bool), quotas)
+  _, picks = jax.lax.scan(functools.partial(_elect_step, consts), state,
+                          length=k)
+  # Output order (Step 5): group by group in id order, election order inside.
+  flat = picks.T.reshape(-1)
+  return flat[jnp.flatnonzero(flat >= 0, size=k)]
+
+
+@functools.partial(jax.jit, static_argnames=("k", "num_groups"))
+def _select_neurons(candidates, scores, groups, k, num_groups):
+  return elect(candidates, scores, groups, num_groups, k)
+
+
+def select_neurons(
+    candidates: ArrayLike,
+    scores: ArrayLike,
+    k: int,
+    groups: ArrayLike | None = None,
+    *,
+    num_groups: int | None = None,
+) -> jax.Array:
+  """Elects k diverse, high-scoring candidates by greedy null-space projection.
+
+  Step 4 of the Neuron Campaign. Inside each group, the candidate with the
+  best `score * ||R_j|| / ||W_j||` is elected, where `R_j` is the part of
+  candidate j outside the span of the group's already elected neurons; then
+  every candidate of the group is projected off the new direction. Negative
+  scores are shifted so the worst is 0; an elected candidate is never
+  eligible again; once a group's residuals are exhausted, its remaining picks
+  go to its best-scoring candidates. Quotas per group come from
+  `class_quotas` over the group sizes.
+
+  Args:
+    candidates: candidate weight vectors as columns, shape `(fan_in, N)`.
+    scores: their scores, shape `(N,)` (e.g. from `neuron_scores`).
+    k: number of neurons to elect, `0 <= k <= N`.
+    groups: int group id of each candidate, shape `(N,)`; None for one group.
+    num_groups: G; inferred as `max(groups) + 1`. Required when `groups` are
+      traced.
+
+  Returns:
+    int32 indices of the elected candidates, shape `(k,)`, distinct, ordered
+    group by group in id order and by election order inside each group.
+
+  Raises:
+    ValueError: for mismatched shapes, k out of range, or groups outside
+      `[0, num_groups)`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import nc_jax
+    >>> w = jnp.array([[1., 1., 0.], [0., 0.1, 1.]])
+    >>> # Column 1 scores best, but column 0 is nearly parallel to it, so the
+    >>> # second pick is the orthogonal column 2.
+    >>> nc_jax.select_neurons(w, jnp.array([0.9, 1.0, 0.5]), 2)
+    Array([1, 2], dtype=int32)
+  """
+  candidates = jnp.asarray(candidates)
+  scores = jnp.asarray(scores)
+  if candidates.ndim != 2:
+    raise ValueError(
+        f"`candidates` must have shape (fan_in, N), got {candidates.shape}.")
+  num_candidates = candidates.shape[1]
+  if scores.shape != (num_candidates,):
+    raise ValueError(
+        f"`scores` must have shape (N,) = ({num_candidates},) to match "
+        f"`candidates`, got {scores.shape}.")
+  _check_k(k, num_candidates)
+  if groups is None:
+    groups, num_groups = jnp.zeros(num_candidates, jnp.int32), 1
+  else:
+    groups, num_groups = _check_groups(groups, num_candidates, num_groups)
+  return _select_neurons(candidates, scores, groups, k, num_groups)
+
+
+def _check_groups(groups: ArrayLike, num_candidates: int,
+                  num_groups: int | None) -> tuple[jax.Array, int]:
+  if not isinstance(groups, jax.Array):
+    groups = np.asarray(groups)
+  if groups.shape != (num_candidates,) or not jnp.issubdtype(
+      groups.dtype, jnp.integer):
+    raise ValueError(
+        f"`groups` must be int group ids of shape (N,) = ({num_candidates},), "
+        f"got dtype {groups.dtype} and shape {groups.shape}.")
+  if validation.is_concrete(groups) and num_candidates:
+    values = np.asarray(groups)
+    low, high = int(values.min()), int(values.max())
+    num_groups = high + 1 if num_groups is None else num_groups
+    if low < 0 or high >= num_groups:
+      raise ValueError(
+          f"`groups` must lie in [0, num_groups={num_groups}), got values in "
+          f"[{low}, {high}].")
+  elif num_groups is None:
+    raise ValueError(
+        "`groups` are traced, so their count cannot be read off them; pass "
+        "`num_groups=` explicitly.")
+  return jnp.asarray(groups, jnp.int32), num_groups

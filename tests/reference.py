@@ -1,0 +1,108 @@
+"""A float64 NumPy reference of ALGORITHM.md, written from the spec with plain loops.
+
+Deliberately independent of the package: no shared code, no vectorized
+tricks, the formulas as ALGORITHM.md states them.
+"""
+
+import math
+
+import numpy as np
+
+ZERO_RTOL = 1e-5  # Step 2 fix: "zero" norms, relative to the responses' scale
+RESIDUAL_RTOL = 1e-4  # Step 4 fix: exhausted residuals
+
+
+def unit(v, atol):
+  norm = math.sqrt(sum(float(e) ** 2 for e in v))
+  if norm <= atol:
+    return np.zeros(len(v))
+  return np.array([float(e) / norm for e in v])
+
+
+def std(values):
+  values = [float(v) for v in values]
+  if len(values) < 2:
+    return 0.0
+  mean = sum(values) / len(values)
+  return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def scores(z, labels, alpha):
+  """Step 2. Returns (scores, class means or None, present class ids)."""
+  z = np.asarray(z, np.float64)
+  m, n = z.shape
+  rms = [math.sqrt(sum(z[i, j] ** 2 for i in range(m)) / m) for j in range(n)]
+  atol = ZERO_RTOL * math.sqrt(sum(r * r for r in rms))
+  div = unit([std(z[:, j]) for j in range(n)], atol)
+  if labels is None:
+    return div, None, []
+  labels = np.asarray(labels)
+  present = sorted(set(int(c) for c in labels))
+  mu = {c: [float(np.mean(z[labels == c, j])) for j in range(n)] for c in present}
+  if len(present) < 2:
+    return div, mu, present
+  between = [std([mu[c][j] for c in present]) for j in range(n)]
+  within = [sum(std(z[labels == c, j]) for c in present) / len(present)
+            for j in range(n)]
+  b, w = unit(between, atol), unit(within, atol)
+  acc = unit([b[j] - w[j] for j in range(n)], ZERO_RTOL)
+  return np.array([alpha * div[j] + (1 - alpha) * acc[j] for j in range(n)]), mu, present
+
+
+def quotas(sizes, k):
+  """Step 3 water filling, as the published get_split_strategy_."""
+  order = sorted(range(len(sizes)), key=lambda g: (sizes[g], g))
+  out = [0] * len(sizes)
+  remaining, left = k, len(sizes)
+  for g in order:
+    share = remaining // left
+    out[g] = sizes[g] if sizes[g] <= share else share
+    remaining -= out[g]
+    left -= 1
+  return out
+
+
+def elect(w, s, groups, k, num_groups):
+  """Step 4 inside each group, output in Step 5's order."""
+  w = np.asarray(w, np.float64)
+  s = np.asarray(s, np.float64)
+  shifted = s - s.min() if s.min() < 0 else s.copy()
+  sizes = [sum(1 for g in groups if g == c) for c in range(num_groups)]
+  out = []
+  for c, q in enumerate(quotas(sizes, k)):
+    members = [j for j in range(len(s)) if groups[j] == c]
+    r = {j: w[:, j].copy() for j in members}
+    elected = []
+    for _ in range(q):
+      best, best_value = None, 0.0
+      for j in members:
+        if j in elected:
+          continue
+        norm_w = np.linalg.norm(w[:, j])
+        norm_r = np.linalg.norm(r[j])
+        value = 0.0 if norm_r <= RESIDUAL_RTOL * norm_w else shifted[j] * norm_r / norm_w
+        if value > best_value:
+          best, best_value = j, value
+      if best is None:  # residuals exhausted: best unshifted score, no projection
+        best = max((j for j in members if j not in elected), key=lambda j: (s[j], -j))
+      else:
+        u = r[best] / np.linalg.norm(r[best])
+        for j in members:
+          r[j] = r[j] - u * (u @ w[:, j])
+      elected.append(best)
+    out.extend(elected)
+  return out
+
+
+def campaign_select(x, labels, w, k, alpha, class_balanced=True,
+                    activation=lambda a: np.maximum(a, 0)):
+  """Steps 1-4."""
+  z = activation(np.asarray(x, np.float64) @ np.asarray(w, np.float64))
+  s, mu, present = scores(z, labels, alpha)
+  n = z.shape[1]
+  if class_balanced and labels is not None:
+    num_groups = int(np.max(labels)) + 1
+    groups = [max(present, key=lambda c: (mu[c][j], -c)) for j in range(n)]
+  else:
+    num_groups, groups = 1, [0] * n
+  return elect(w, s, groups, k, num_groups)
