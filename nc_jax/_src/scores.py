@@ -43,7 +43,7 @@ class Dropped(NamedTuple):
   """Which criteria dropped out of the score (Step 2 fix), as bool scalars."""
 
   input_info: jax.Array  # every candidate's response is constant
-  label_info: jax.Array  # labels given, but no class separation to measure
+  label_info: jax.Array  # labels given, but fewer than two classes present
 
 
 def class_moments(z: jax.Array, labels: jax.Array | None,
@@ -55,7 +55,7 @@ def class_moments(z: jax.Array, labels: jax.Array | None,
   there is one class holding every sample.
   """
   shift = z[0]
-  centred = z - shift
+  centred = z - shift[None, :]
   if labels is None:
     onehot = jnp.ones((z.shape[0], 1), z.dtype)
   else:
@@ -83,7 +83,7 @@ def scores_from_moments(
   weights = count[:, None]
   # Total moments by the parallel-variance merge of the class moments.
   total_mean = (weights * mean).sum(axis=0) / m
-  total_m2 = m2.sum(axis=0) + (weights * (mean - total_mean) ** 2).sum(axis=0)
+  total_m2 = m2.sum(axis=0) + (weights * (mean - total_mean[None, :]) ** 2).sum(axis=0)
   div = jnp.sqrt(total_m2 / (m - 1))
   # The scale a zero is judged against: the norm of the columns' RMS.
   scale = jnp.linalg.norm(jnp.sqrt((total_mean + shift) ** 2 + total_m2 / m))
@@ -97,7 +97,7 @@ def scores_from_moments(
   class_mean = jnp.where(present, mean, 0.0).sum(axis=0) / jnp.maximum(
       num_present, 1)
   between = jnp.sqrt(
-      jnp.where(present, (mean - class_mean) ** 2, 0.0).sum(axis=0)
+      jnp.where(present, (mean - class_mean[None, :]) ** 2, 0.0).sum(axis=0)
       / jnp.maximum(num_present - 1, 1))
   # A single-sample class has m2 == 0 exactly, so its std is 0 (Step 2).
   class_std = jnp.sqrt(m2 / jnp.maximum(count - 1, 1)[:, None])
@@ -105,10 +105,10 @@ def scores_from_moments(
       num_present, 1)
   between, _ = _unit(between, atol)
   within, _ = _unit(within, atol)
-  acc, acc_zero = _unit(between - within, jnp.asarray(_ZERO_RTOL, div.dtype))
+  acc, _ = _unit(between - within, jnp.asarray(_ZERO_RTOL, div.dtype))
   separable = num_present >= 2
   score = jnp.where(separable, alpha * div + (1 - alpha) * acc, div)
-  return score, Dropped(input_dropped, ~separable | acc_zero)
+  return score, Dropped(input_dropped, ~separable)
 
 
 def class_groups(moments: ClassMoments) -> jax.Array:
@@ -135,9 +135,9 @@ def warn_if_dropped(dropped: Dropped) -> None:
   if bool(dropped.label_info):
     warnings.warn(
         "The label-information criterion (MI(Z;Y) proxy) dropped out: fewer "
-        "than two classes are present in the batch, or no candidate separates "
-        "them. The score is the input-information criterion alone; pass a "
-        "batch with several classes to use labels.",
+        "than two classes are present in the batch. The score is the "
+        "input-information criterion alone; pass a batch with several classes "
+        "to use labels.",
         CriterionDroppedWarning, stacklevel=3)
 
 

@@ -107,21 +107,21 @@ def _elect_round(consts: _ElectionConstants, state: _ElectionState
   fraction = jnp.where(
       spent, 0.0,
       jnp.sqrt(state.residual_sq) / jnp.where(consts.norm > 0, consts.norm, 1))
-  open_ = consts.member & state.eligible  # (G, N)
-  value = jnp.where(open_, consts.shifted * fraction, -jnp.inf)
+  open_ = consts.member & state.eligible[None, :]  # (G, N)
+  value = jnp.where(open_, (consts.shifted * fraction)[None, :], -jnp.inf)
   best = jnp.argmax(value, axis=1)
   projects = jnp.take_along_axis(value, best[:, None], axis=1)[:, 0] > 0
   # No positive value left (residuals spent): best unshifted score, no projection.
-  fallback = jnp.argmax(jnp.where(open_, consts.scores, -jnp.inf), axis=1)
+  fallback = jnp.argmax(jnp.where(open_, consts.scores[None, :], -jnp.inf), axis=1)
   pick = jnp.where(projects, best, fallback)
 
   # u_g = R_pick / ||R_pick|| for groups that project; each candidate is then
   # projected off its own group's direction: R_j -= u_g (u_g . R_j).
   direction = state.residual[:, pick] * jnp.where(
-      active & projects, jax.lax.rsqrt(state.residual_sq[pick]), 0.0)
+      active & projects, jax.lax.rsqrt(state.residual_sq[pick]), 0.0)[None, :]
   per_candidate = direction[:, consts.groups]
   coefficient = jnp.sum(per_candidate * state.residual, axis=0)
-  residual = state.residual - per_candidate * coefficient
+  residual = state.residual - per_candidate * coefficient[None, :]
   elected = jnp.zeros_like(state.eligible).at[pick].max(active)
   new_state = _ElectionState(
       residual=residual,

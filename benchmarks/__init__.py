@@ -1,0 +1,1 @@
+"""Benchmarks of nc_jax: thin entry scripts over importable functions."""
