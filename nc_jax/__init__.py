@@ -8,6 +8,11 @@ them on real data, and elect the best while keeping them diverse.
 from nc_jax._src.campaign import campaign_init as campaign_init
 from nc_jax._src.campaign import campaign_select as campaign_select
 from nc_jax._src.campaign import draw_candidates as draw_candidates
+from nc_jax._src.lsuv import lsuv_linen as lsuv_linen
+from nc_jax._src.lsuv import lsuv_nnx as lsuv_nnx
+from nc_jax._src.model_campaign import campaign_linen as campaign_linen
+from nc_jax._src.model_campaign import campaign_nnx as campaign_nnx
+from nc_jax._src.model_campaign import linear_alpha as linear_alpha
 from nc_jax._src.scores import CriterionDroppedWarning as CriterionDroppedWarning
 from nc_jax._src.scores import neuron_scores as neuron_scores
 from nc_jax._src.select import class_quotas as class_quotas
@@ -18,9 +23,14 @@ __version__ = "0.1.0"
 __all__ = [
     "CriterionDroppedWarning",
     "campaign_init",
+    "campaign_linen",
+    "campaign_nnx",
     "campaign_select",
     "class_quotas",
     "draw_candidates",
+    "linear_alpha",
+    "lsuv_linen",
+    "lsuv_nnx",
     "neuron_scores",
     "select_neurons",
 ]

@@ -73,7 +73,8 @@ def as_batch(batch: ArrayLike, name: str = "batch") -> jax.Array:
 
 
 def as_int_labels(
-    labels: ArrayLike | None, num_samples: int, num_classes: int | None
+    labels: ArrayLike | None, num_samples: int, num_classes: int | None,
+    name: str = "labels",
 ) -> tuple[jax.Array | None, int | None]:
   """Checks labels and returns them as int32 class ids with the class count.
 
@@ -81,6 +82,7 @@ def as_int_labels(
     labels: int class ids `(m,)`, one-hot `(m, C)`, or None.
     num_samples: m, the batch's number of rows.
     num_classes: C, or None to infer it (one-hot width, or max label + 1).
+    name: the argument's name in error messages.
 
   Returns:
     `(ids, num_classes)`, or `(None, None)` when `labels` is None.
@@ -103,20 +105,20 @@ def as_int_labels(
     labels = np.asarray(labels)
   if labels.ndim not in (1, 2):
     raise ValueError(
-        "`labels` must be int class ids of shape (m,) or one-hot of shape "
+        f"`{name}` must be int class ids of shape (m,) or one-hot of shape "
         f"(m, C), got shape {tuple(labels.shape)}."
     )
   if labels.shape[0] != num_samples:
     raise ValueError(
-        f"`labels` has {labels.shape[0]} rows but the batch has {num_samples} "
+        f"`{name}` has {labels.shape[0]} rows but the batch has {num_samples} "
         "samples; pass one label per row of the batch."
     )
   if labels.ndim == 2:
-    return _one_hot_to_ids(labels, num_classes)
+    return _one_hot_to_ids(labels, num_classes, name)
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise TypeError(
-        f"`labels` of shape (m,) must hold integer class ids, got dtype "
-        f"{labels.dtype}; convert with `labels.astype(int)` or pass one-hot "
+        f"`{name}` of shape (m,) must hold integer class ids, got dtype "
+        f"{labels.dtype}; convert with `{name}.astype(int)` or pass one-hot "
         "labels of shape (m, C)."
     )
   if is_concrete(labels):
@@ -126,24 +128,24 @@ def as_int_labels(
       num_classes = high + 1
     if low < 0 or high >= num_classes:
       raise ValueError(
-          f"`labels` must lie in [0, num_classes={num_classes}), got values in "
+          f"`{name}` must lie in [0, num_classes={num_classes}), got values in "
           f"[{low}, {high}]; remap them to 0..C-1 or raise `num_classes`."
       )
   elif num_classes is None:
     raise ValueError(
-        "`labels` are traced (inside `jax.jit`), so the number of classes "
+        f"`{name}` are traced (inside `jax.jit`), so the number of classes "
         "cannot be read off them; pass `num_classes=` explicitly."
     )
   return jnp.asarray(labels, jnp.int32), num_classes
 
 
 def _one_hot_to_ids(
-    labels: ArrayLike, num_classes: int | None
+    labels: ArrayLike, num_classes: int | None, name: str
 ) -> tuple[jax.Array, int]:
   width = labels.shape[1]
   if num_classes is not None and num_classes != width:
     raise ValueError(
-        f"one-hot `labels` have {width} columns but `num_classes` is "
+        f"one-hot `{name}` have {width} columns but `num_classes` is "
         f"{num_classes}; pass num_classes={width} or leave it out."
     )
   if is_concrete(labels):
@@ -152,7 +154,7 @@ def _one_hot_to_ids(
     if not valid.all():
       row = int(np.argmin(valid))
       raise ValueError(
-          f"`labels` of shape (m, C) must be one-hot, but row {row} is "
+          f"`{name}` of shape (m, C) must be one-hot, but row {row} is "
           f"{values[row].tolist()}; pass integer class ids or exact one-hot "
           "rows (soft labels are not supported)."
       )

@@ -1,0 +1,164 @@
+"""LSUV: layer-sequential unit-variance initialization, on the campaign's walk."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.typing import ArrayLike
+
+from nc_jax._src import traversal
+
+
+def _lsuv_rule(key: jax.Array, tol: float,
+               max_iters: int) -> traversal.RuleFactory:
+  """Orthogonal pre-init, then rescale until the output variance is 1."""
+  if not isinstance(tol, numbers.Real) or not 0 < tol < 1:
+    raise ValueError(f"`tol` must be a float in (0, 1), got {tol!r}.")
+  if not isinstance(max_iters, numbers.Integral) or max_iters < 1:
+    raise ValueError(f"`max_iters` must be a positive int, got {max_iters!r}.")
+  orthogonal = jax.nn.initializers.orthogonal()
+
+  def rule(layer: traversal.Layer) -> jax.Array:
+    dtype = layer.kernel.dtype
+    kernel = orthogonal(jax.random.fold_in(key, layer.index),
+                        layer.kernel.shape, dtype)
+    for _ in range(max_iters):
+      variance = float(jnp.var(layer.outputs(kernel).astype(jnp.float32)))
+      if abs(variance - 1.0) < tol:
+        break
+      if not math.isfinite(variance) or variance == 0.0:
+        warnings.warn(
+            f"LSUV: layer {layer.path!r} has output variance {variance} on the "
+            "batch (dead or constant input); its orthogonal kernel is kept "
+            "unscaled.", stacklevel=6)
+        break
+      kernel = (kernel / math.sqrt(variance)).astype(dtype)
+    return kernel
+
+  return lambda plan: rule
+
+
+def lsuv_linen(
+    model: nn.Module,
+    key: jax.Array,
+    x: ArrayLike,
+    *,
+    tol: float = 0.1,
+    max_iters: int = 10,
+    layers: traversal.LayerFilter = None,
+    progress: bool = True,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+  """Initializes a flax.linen model by LSUV on a batch.
+
+  Mishkin & Matas (ICLR 2016): every dense kernel is drawn orthogonal, then,
+  layer by layer in call order, divided by the standard deviation of the
+  layer's output on the batch until that variance is 1 within `tol` (at most
+  `max_iters` rescalings). Outputs come from the layer's own call on its input
+  from the layers already set: the walk is `campaign_linen`'s, with this rule
+  instead of the election. `init_key, lsuv_key = jax.random.split(key)`;
+  `model.init(init_key, x)` initializes everything else and layer `i`'s
+  orthogonal draw uses `jax.random.fold_in(lsuv_key, i)`.
+
+  Args:
+    model: a flax.linen module.
+    key: a PRNG key.
+    x: the batch, as the model's `__call__` takes it.
+    tol: tolerance on the output variance, `|var - 1| < tol`.
+    max_iters: most rescalings per layer.
+    layers: which dense layers take part (None: all; a collection of paths or
+      a predicate on the path); the others keep the model's init.
+    progress: show a tqdm bar over layers, naming each.
+    model_kwargs: keyword arguments for the model's `__call__`.
+
+  Returns:
+    The variables, as `model.init` returns them, with the LSUV kernels.
+
+  Raises:
+    ValueError, TypeError: for a model without dense layers, an `x` the model
+      cannot take, or malformed options.
+
+  Examples:
+    >>> import jax
+    >>> import flax.linen as nn
+    >>> import nc_jax
+    >>> x = jax.random.normal(jax.random.key(0), (256, 20))
+    >>> model = nn.Sequential([nn.Dense(16), nn.relu, nn.Dense(4)])
+    >>> variables = nc_jax.lsuv_linen(model, jax.random.key(1), x,
+    ...                               progress=False)
+    >>> h = x @ variables["params"]["layers_0"]["kernel"]
+    >>> bool(abs(h.var() - 1) < 0.1)
+    True
+
+  References:
+    Mishkin & Matas, "All you need is a good init", ICLR 2016,
+    https://arxiv.org/abs/1511.06422.
+  """
+  x, _, _ = traversal.check_batch(x, None, None)
+  init_key, lsuv_key = jax.random.split(key)
+  return traversal.walk_linen(model, init_key, x,
+                              _lsuv_rule(lsuv_key, tol, max_iters),
+                              layers=layers, progress=progress, desc="LSUV",
+                              model_kwargs=model_kwargs)
+
+
+def lsuv_nnx(
+    model: nnx.Module,
+    x: ArrayLike,
+    *,
+    key: jax.Array | int = 0,
+    tol: float = 0.1,
+    max_iters: int = 10,
+    layers: traversal.LayerFilter = None,
+    progress: bool = True,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> None:
+  """Initializes a flax.nnx model's dense kernels by LSUV on a batch, in place.
+
+  As `lsuv_linen`, with `key` in the role of its `lsuv_key`: layer `i`'s
+  orthogonal draw uses `jax.random.fold_in(key, i)`. Every other variable is
+  left as it was.
+
+  Args:
+    model: a flax.nnx module, already constructed.
+    x: the batch, as the model's `__call__` takes it.
+    key: a PRNG key or an int seed.
+    tol: tolerance on the output variance, `|var - 1| < tol`.
+    max_iters: most rescalings per layer.
+    layers: which dense layers take part (None: all; a collection of paths or
+      a predicate on the path); the others keep their init.
+    progress: show a tqdm bar over layers, naming each.
+    model_kwargs: keyword arguments for the model's `__call__`.
+
+  Raises:
+    ValueError, TypeError: for a model without dense layers, an `x` the model
+      cannot take, or malformed options.
+
+  Examples:
+    >>> import jax
+    >>> from flax import nnx
+    >>> import nc_jax
+    >>> x = jax.random.normal(jax.random.key(0), (256, 20))
+    >>> model = nnx.Sequential(nnx.Linear(20, 16, rngs=nnx.Rngs(0)),
+    ...                        jax.nn.relu, nnx.Linear(16, 4, rngs=nnx.Rngs(1)))
+    >>> nc_jax.lsuv_nnx(model, x, progress=False)
+    >>> bool(abs(model.layers[0](x).var() - 1) < 0.1)
+    True
+
+  References:
+    Mishkin & Matas, "All you need is a good init", ICLR 2016,
+    https://arxiv.org/abs/1511.06422.
+  """
+  x, _, _ = traversal.check_batch(x, None, None)
+  traversal.walk_nnx(model, x, _lsuv_rule(traversal.as_key(key), tol,
+                                          max_iters),
+                     layers=layers, progress=progress, desc="LSUV",
+                     model_kwargs=model_kwargs)

@@ -1,0 +1,316 @@
+"""The campaign for whole models: every dense kernel elected, layer by layer."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.typing import ArrayLike
+
+from nc_jax._src import campaign
+from nc_jax._src import traversal
+from nc_jax._src import validation
+
+Activation = Callable[[jax.Array], jax.Array]
+AlphaSchedule = Union[float, Sequence[float], Callable[[int, int], float], None]
+Activations = Union[Mapping[str, Activation], Callable[[str], Activation], None]
+
+
+def linear_alpha(index: int, count: int) -> float:
+  """The default alpha schedule: 1 at the first layer, falling to 0 at the last.
+
+  The published MNIST setting for two layers is alpha = [1, 0]
+  (ALGORITHM.md, Notation); a single layer gets 1.
+
+  Examples:
+    >>> import nc_jax
+    >>> [nc_jax.linear_alpha(i, 3) for i in range(3)]
+    [1.0, 0.5, 0.0]
+  """
+  return 1.0 if count == 1 else 1.0 - index / (count - 1)
+
+
+def _alphas(alpha: AlphaSchedule, count: int) -> list[float]:
+  if alpha is None:
+    alpha = linear_alpha
+  if callable(alpha):
+    values = [alpha(i, count) for i in range(count)]
+  elif isinstance(alpha, numbers.Real) or np.ndim(alpha) == 0:
+    values = [alpha] * count
+  else:
+    values = list(alpha)
+    if len(values) != count:
+      raise ValueError(
+          f"`alpha` has {len(values)} values but {count} layers take part; "
+          "pass one alpha per layer, a float, or a schedule (index, count) -> "
+          "alpha.")
+  return [float(validation.check_alpha(a)) for a in values]
+
+
+def _activation_for(activation: Activations, plan: traversal.Plan
+                    ) -> Callable[[str], Activation]:
+  """Resolves `activation` to a function of the layer path."""
+  def default(path: str) -> Activation:
+    return _identity if path == plan.output else jax.nn.relu
+
+  if activation is None:
+    return default
+  if isinstance(activation, Mapping):
+    unknown = sorted(set(activation) - set(plan.paths))
+    if unknown:
+      raise ValueError(
+          f"`activation` names layers {unknown} that do not take part; they "
+          f"are {list(plan.paths)}.")
+    return lambda path: activation.get(path) or default(path)
+  if not callable(activation):
+    raise TypeError(
+        "`activation` must be None, a mapping from layer path to activation, "
+        f"or a function of the layer path, got {type(activation).__name__}.")
+
+  def by_path(path: str) -> Activation:
+    try:
+      act = activation(path)
+    except Exception as error:
+      raise TypeError(
+          f"`activation` is called with a layer path ({path!r}) and must return"
+          " that layer's activation; to use one activation everywhere pass "
+          "`lambda path: jax.nn.relu`.") from error
+    if not callable(act):
+      raise TypeError(
+          f"`activation({path!r})` returned {type(act).__name__}, not an "
+          "activation function.")
+    return act
+  return by_path
+
+
+def _identity(z: jax.Array) -> jax.Array:
+  return z
+
+
+def _bias_value(layer: traversal.Layer) -> float:
+  """The campaign scores with one bias for all neurons (ALGORITHM.md, `b`)."""
+  if layer.bias is None:
+    return 0.0
+  flat = np.asarray(layer.bias, np.float64).reshape(-1)
+  if not np.all(flat == flat[0]):
+    raise ValueError(
+        f"layer {layer.path!r} starts with a non-constant bias (values in "
+        f"[{flat.min():.3g}, {flat.max():.3g}]); the campaign scores candidates"
+        " with one bias for all neurons, so give the layer a constant "
+        "`bias_init` (zeros, as published) or leave it out with `layers=`.")
+  return float(flat[0])
+
+
+def _layer_labels(layer: traversal.Layer, labels: jax.Array | None
+                  ) -> jax.Array | None:
+  """Labels row-aligned with the flattened input `(m * positions, fan_in)`."""
+  if labels is None:
+    return None
+  if layer.inputs.ndim < 2 or layer.inputs.shape[0] != labels.shape[0]:
+    raise ValueError(
+        f"layer {layer.path!r} gets input of shape {tuple(layer.inputs.shape)},"
+        f" whose leading axis is not the batch of {labels.shape[0]} labelled "
+        "examples; leave it out with `layers=` or pass `y=None`.")
+  positions = int(np.prod(layer.inputs.shape[1:-1], dtype=np.int64))
+  return labels if positions == 1 else jnp.repeat(labels, positions)
+
+
+def _campaign_rule(key: jax.Array, labels: jax.Array | None,
+                   num_classes: int | None, *, alpha: AlphaSchedule,
+                   activation: Activations, candidates_per_neuron: int,
+                   base_init: campaign.Initializer | None,
+                   class_balanced: bool) -> traversal.RuleFactory:
+  if (not isinstance(candidates_per_neuron, numbers.Integral)
+      or candidates_per_neuron < 1):
+    raise ValueError(
+        "`candidates_per_neuron` must be a positive int (candidates drawn per "
+        f"elected neuron), got {candidates_per_neuron!r}; the paper uses 5.")
+  if base_init is not None and not callable(base_init):
+    raise TypeError(
+        f"`base_init` must be an initializer or None, got "
+        f"{type(base_init).__name__}.")
+
+  def make_rule(plan: traversal.Plan) -> traversal.Rule:
+    alphas = _alphas(alpha, len(plan.paths))
+    activation_of = _activation_for(activation, plan)
+
+    def rule(layer: traversal.Layer) -> jax.Array:
+      fan_in, fan_out = layer.kernel.shape
+      init = campaign.campaign_init(
+          layer.inputs.reshape(-1, fan_in), _layer_labels(layer, labels),
+          alpha=alphas[layer.index],
+          num_candidates=candidates_per_neuron * fan_out,
+          base_init=base_init or layer.kernel_init or _NNX_DEFAULT_INIT,
+          activation=activation_of(layer.path), class_balanced=class_balanced,
+          num_classes=num_classes, bias=_bias_value(layer))
+      return init(jax.random.fold_in(key, layer.index), layer.kernel.shape,
+                  layer.kernel.dtype)
+    return rule
+  return make_rule
+
+
+# `nnx.Linear` does not keep its kernel_init; this is its default.
+_NNX_DEFAULT_INIT = nnx.initializers.lecun_normal()
+
+_OPTIONS_DOC = """alpha: weight of the input-information criterion per layer: a float for
+      every layer, a sequence with one value per layer taking part, or a
+      schedule `(index, count) -> alpha`. Default `linear_alpha`: 1 at the
+      first layer falling linearly to 0 at the last.
+    activation: the activation that follows each layer: a mapping from layer
+      path to activation (unlisted layers keep the default) or a function of
+      the path. Default: ReLU, and identity for the last dense layer the
+      forward pass calls.
+    candidates_per_neuron: candidates drawn per neuron (N = this * fan_out).
+    base_init: the initializer candidates are drawn from; default the layer's
+      own `kernel_init` (linen) or `lecun_normal`, `nnx.Linear`'s default
+      (nnx does not record a layer's kernel_init: pass it if yours differ).
+    class_balanced: split each layer's neurons over the classes (Step 3).
+    num_classes: C; inferred from `y` when left out.
+    layers: which dense layers take part: None (all), a collection of layer
+      paths, or a predicate on the path. The others keep the model's init.
+    progress: show a tqdm bar over layers, naming each.
+    model_kwargs: keyword arguments for the model's `__call__` (e.g.
+      `{"train": False}`)."""
+
+
+def _with_options_doc(fn):
+  """Fills the shared options into a whole-model function's docstring."""
+  fn.__doc__ = fn.__doc__.replace("{options}", _OPTIONS_DOC)
+  return fn
+
+
+@_with_options_doc
+def campaign_linen(
+    model: nn.Module,
+    key: jax.Array,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    alpha: AlphaSchedule = None,
+    activation: Activations = None,
+    candidates_per_neuron: int = campaign.CANDIDATES_PER_NEURON,
+    base_init: campaign.Initializer | None = None,
+    class_balanced: bool = True,
+    num_classes: int | None = None,
+    layers: traversal.LayerFilter = None,
+    progress: bool = True,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+  """Initializes a flax.linen model with every dense kernel elected by a campaign.
+
+  `init_key, campaign_key = jax.random.split(key)`; `model.init(init_key, x)`
+  gives every variable its own init, then one forward pass of `x` visits the
+  `Dense` layers in call order. Layer `i` (counting the layers taking part)
+  gets `campaign_init(inputs_i, y, ...)(jax.random.fold_in(campaign_key, i),
+  shape, dtype)`, where `inputs_i` is its input in that pass, produced by the
+  layers already elected (ALGORITHM.md, Idea). Dropout is off during the pass.
+  A layer whose input has extra axes `(m, ..., fan_in)` is scored on every
+  position, each with its example's label.
+
+  Args:
+    model: a flax.linen module.
+    key: a PRNG key.
+    x: the batch the campaign is scored on, as the model's `__call__` takes it.
+    y: int class ids `(m,)`, one-hot `(m, C)`, or None (unsupervised campaign).
+    {options}
+  Returns:
+    The variables, as `model.init` returns them, with the elected kernels.
+
+  Raises:
+    ValueError, TypeError: for a model without dense layers, an `x` the model
+      cannot take, `y` of another length than `x`, or malformed options.
+
+  Examples:
+    >>> import jax
+    >>> import flax.linen as nn
+    >>> import nc_jax
+    >>> x = jax.random.normal(jax.random.key(0), (256, 20))
+    >>> y = jax.numpy.arange(256) % 4
+    >>> model = nn.Sequential([nn.Dense(16), nn.relu, nn.Dense(4)])
+    >>> variables = nc_jax.campaign_linen(model, jax.random.key(1), x, y,
+    ...                                   progress=False)
+    >>> variables["params"]["layers_0"]["kernel"].shape
+    (20, 16)
+
+  References:
+    Mao et al., "Neuron Campaign for Initialization Guided by Information
+    Bottleneck Theory", CIKM 2021, https://arxiv.org/abs/2108.06530.
+  """
+  x, labels, num_classes = traversal.check_batch(x, y, num_classes)
+  init_key, campaign_key = jax.random.split(key)
+  make_rule = _campaign_rule(
+      campaign_key, labels, num_classes, alpha=alpha, activation=activation,
+      candidates_per_neuron=candidates_per_neuron, base_init=base_init,
+      class_balanced=class_balanced)
+  return traversal.walk_linen(model, init_key, x, make_rule, layers=layers,
+                              progress=progress, desc="campaign",
+                              model_kwargs=model_kwargs)
+
+
+@_with_options_doc
+def campaign_nnx(
+    model: nnx.Module,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    key: jax.Array | int = 0,
+    alpha: AlphaSchedule = None,
+    activation: Activations = None,
+    candidates_per_neuron: int = campaign.CANDIDATES_PER_NEURON,
+    base_init: campaign.Initializer | None = None,
+    class_balanced: bool = True,
+    num_classes: int | None = None,
+    layers: traversal.LayerFilter = None,
+    progress: bool = True,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> None:
+  """Elects every dense kernel of a flax.nnx model by a campaign, in place.
+
+  One forward pass of `x` visits the `nnx.Linear` layers in call order; layer
+  `i` (counting the layers taking part) gets `campaign_init(inputs_i, y,
+  ...)(jax.random.fold_in(key, i), shape, dtype)`, as in `campaign_linen`
+  with `key` in the role of its `campaign_key`, so the two give the same
+  kernels for the same architecture. Dropout is off during the pass and
+  every other variable (biases, batch statistics, RNG state) is left as it was.
+
+  Args:
+    model: a flax.nnx module, already constructed.
+    x: the batch the campaign is scored on, as the model's `__call__` takes it.
+    y: int class ids `(m,)`, one-hot `(m, C)`, or None (unsupervised campaign).
+    key: a PRNG key or an int seed for the candidates.
+    {options}
+  Raises:
+    ValueError, TypeError: for a model without dense layers, an `x` the model
+      cannot take, `y` of another length than `x`, or malformed options.
+
+  Examples:
+    >>> import jax
+    >>> from flax import nnx
+    >>> import nc_jax
+    >>> x = jax.random.normal(jax.random.key(0), (256, 20))
+    >>> y = jax.numpy.arange(256) % 4
+    >>> model = nnx.Sequential(nnx.Linear(20, 16, rngs=nnx.Rngs(0)),
+    ...                        jax.nn.relu, nnx.Linear(16, 4, rngs=nnx.Rngs(1)))
+    >>> nc_jax.campaign_nnx(model, x, y, progress=False)
+    >>> model.layers[0].kernel.shape
+    (20, 16)
+
+  References:
+    Mao et al., "Neuron Campaign for Initialization Guided by Information
+    Bottleneck Theory", CIKM 2021, https://arxiv.org/abs/2108.06530.
+  """
+  x, labels, num_classes = traversal.check_batch(x, y, num_classes)
+  make_rule = _campaign_rule(
+      traversal.as_key(key), labels, num_classes, alpha=alpha,
+      activation=activation,
+      candidates_per_neuron=candidates_per_neuron, base_init=base_init,
+      class_balanced=class_balanced)
+  traversal.walk_nnx(model, x, make_rule, layers=layers, progress=progress,
+                     desc="campaign", model_kwargs=model_kwargs)
+

@@ -1,0 +1,319 @@
+"""Layer-sequential traversal of Flax models: one walk, any per-layer rule.
+
+The walk runs the model's own forward pass on the batch and stops at every
+dense layer (`flax.linen.Dense`, `flax.nnx.Linear`) in the order the forward
+pass calls it. A rule sees the layer's real input, as produced by the layers
+already set, and returns the layer's new kernel; the forward pass then goes on
+with it. The campaign (`campaign_linen`) and LSUV (`lsuv_linen`) are two rules
+on this one walk.
+
+Inputs are captured and kernels replaced with the frameworks' own mechanisms:
+`flax.linen.intercept_methods` for linen, and for nnx a graph traversal
+(`nnx.iter_modules`) with the dense layers' `__call__` wrapped for the pass,
+the mechanism `nnx.capture` itself uses. Dropout is deterministic during the
+walk; nothing but the elected kernels changes in the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import numbers
+import warnings
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import tqdm.auto as tqdm
+from flax import nnx
+from jax.typing import ArrayLike
+
+from nc_jax._src import validation
+
+Initializer = Callable[..., jax.Array]
+LayerFilter = Callable[[str], bool] | Collection[str] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  """One dense layer as the walk reaches it, handed to a rule.
+
+  Attributes:
+    path: the layer's path in the model, "/"-joined (e.g. "Dense_0",
+      "blocks/0/linear").
+    index: its position among the layers that take part, in call order.
+    count: how many layers take part.
+    is_output: whether it is the last dense layer the forward pass calls.
+    inputs: its input on the batch, `(m, ..., fan_in)`.
+    kernel: its current kernel, `(fan_in, fan_out)`, in the parameter dtype.
+    bias: its current bias `(fan_out,)`, or None.
+    kernel_init: the layer's own kernel initializer, or None where the
+      framework does not record it (nnx).
+    outputs: `outputs(kernel)` runs the layer's own call on `inputs` with the
+      given kernel and returns its output.
+  """
+  path: str
+  index: int
+  count: int
+  is_output: bool
+  inputs: jax.Array
+  kernel: jax.Array
+  bias: jax.Array | None
+  kernel_init: Initializer | None
+  outputs: Callable[[jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """The dense layers a walk will visit, known before the first rule runs."""
+  paths: tuple[str, ...]    # taking part, in call order
+  output: str               # the last dense layer the forward pass calls
+
+
+Rule = Callable[[Layer], jax.Array]
+RuleFactory = Callable[[Plan], Rule]
+
+
+def check_batch(x: ArrayLike, y: ArrayLike | None,
+                num_classes: int | None) -> tuple[jax.Array, jax.Array | None,
+                                                  int | None]:
+  """Checks the model's batch `x` and labels `y`; returns ids and C."""
+  if not hasattr(x, "shape"):
+    x = jnp.asarray(x)
+  if jnp.ndim(x) < 1 or x.shape[0] < 2:
+    raise ValueError(
+        f"`x` must be a batch of at least 2 examples along axis 0, got shape "
+        f"{jnp.shape(x)}.")
+  labels, num_classes = validation.as_int_labels(y, x.shape[0], num_classes,
+                                                 name="y")
+  return jnp.asarray(x), labels, num_classes
+
+
+def as_key(key: jax.Array | int) -> jax.Array:
+  """A PRNG key from a key or an int seed."""
+  if isinstance(key, numbers.Integral):
+    return jax.random.key(int(key))
+  if not isinstance(key, jax.Array):
+    raise TypeError(
+        f"`key` must be a PRNG key or an int seed, got {type(key).__name__}.")
+  return key
+
+
+def _plan(calls: Sequence[str], layers: LayerFilter) -> Plan:
+  """Orders the dense layers found, applies the filter, warns on sharing."""
+  if not calls:
+    raise ValueError(
+        "the model calls no dense layer (`flax.linen.Dense` / `flax.nnx.Linear`)"
+        " on `x`; the walk elects dense kernels only, so there is nothing to do.")
+  unique = tuple(dict.fromkeys(calls))
+  for path in unique:
+    if calls.count(path) > 1:
+      warnings.warn(
+          f"dense layer {path!r} is called {calls.count(path)} times with shared"
+          " weights; it is set once, on the input of its first call.",
+          stacklevel=4)
+  if layers is None:
+    chosen = unique
+  elif callable(layers):
+    chosen = tuple(p for p in unique if layers(p))
+  else:
+    if isinstance(layers, str):
+      layers = (layers,)
+    unknown = sorted(set(layers) - set(unique))
+    if unknown:
+      raise ValueError(
+          f"`layers` names {unknown}, which the model does not call; its dense "
+          f"layers are {list(unique)}.")
+    chosen = tuple(p for p in unique if p in layers)
+  if not chosen:
+    raise ValueError(
+        f"`layers` selects none of the model's dense layers {list(unique)}.")
+  return Plan(paths=chosen, output=unique[-1])
+
+
+class _Walker:
+  """Visits each dense layer once, in call order, and applies the rule."""
+
+  def __init__(self, plan: Plan, rule: Rule, progress: bool, desc: str):
+    self._plan = plan
+    self._rule = rule
+    self._seen: set[str] = set()
+    self._bar = tqdm.tqdm(total=len(plan.paths), desc=desc, unit="layer",
+                          disable=not progress)
+
+  def visit(self, path: str, inputs: jax.Array, kernel: jax.Array,
+            bias: jax.Array | None, kernel_init: Initializer | None,
+            outputs: Callable[[jax.Array], jax.Array]) -> jax.Array | None:
+    """Returns the layer's new kernel, or None to leave it as it is."""
+    if path in self._seen or path not in self._plan.paths:
+      return None
+    self._seen.add(path)
+    if not validation.is_concrete(inputs):
+      raise ValueError(
+          f"dense layer {path!r} is called inside a JAX transformation (jit, "
+          "scan, vmap, remat); the walk needs concrete inputs, so call the "
+          "whole-model functions outside any transformation and use models "
+          "without lifted transforms around dense layers.")
+    self._bar.set_postfix_str(path)
+    kernel = self._rule(Layer(
+        path=path, index=self._plan.paths.index(path),
+        count=len(self._plan.paths), is_output=path == self._plan.output,
+        inputs=inputs, kernel=kernel, bias=bias, kernel_init=kernel_init,
+        outputs=outputs))
+    self._bar.update()
+    return kernel
+
+  def close(self) -> None:
+    self._bar.close()
+
+
+def _forward_error(x: jax.Array, error: Exception) -> ValueError:
+  return ValueError(
+      f"the model could not take `x` of shape {tuple(x.shape)} and dtype "
+      f"{x.dtype}: {type(error).__name__}: {error}; pass the batch the model's "
+      "`__call__` expects.")
+
+
+# linen ------------------------------------------------------------------------
+
+
+def _linen_interceptor(on_dense: Callable[..., None]) -> nn.module.Interceptor:
+  """Turns dropout off and hands every `Dense` call to `on_dense` first."""
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name == "__call__":
+      if isinstance(module, nn.Dropout):  # deterministic dropout is identity
+        return args[0]
+      if isinstance(module, nn.Dense):
+        on_dense(module, next_fun, args, kwargs)
+    return next_fun(*args, **kwargs)
+
+  return interceptor
+
+
+def _linen_path(module: nn.Module) -> str:
+  return "/".join(map(str, module.path))
+
+
+def walk_linen(model: nn.Module, key: jax.Array, x: jax.Array,
+               make_rule: RuleFactory, *, layers: LayerFilter, progress: bool,
+               desc: str, model_kwargs: Mapping[str, Any] | None) -> dict:
+  """Initializes a linen model with `model.init`, then sets its dense kernels
+  layer by layer with the rule; returns the variables."""
+  if not isinstance(model, nn.Module):
+    raise TypeError(
+        f"`model` must be a flax.linen.Module, got {type(model).__name__}; for "
+        "flax.nnx models use the `_nnx` function.")
+  model_kwargs = dict(model_kwargs or {})
+  calls: list[str] = []
+  record = lambda module, *_: calls.append(_linen_path(module))
+  try:
+    with nn.intercept_methods(_linen_interceptor(record)):
+      variables = model.init(key, x, **model_kwargs)
+  except Exception as error:  # the model's own error, re-raised with context
+    raise _forward_error(x, error) from error
+  plan = _plan(calls, layers)
+  walker = _Walker(plan, make_rule(plan), progress, desc)
+
+  def set_kernel(module, next_fun, args, kwargs):
+    params = dict(module.variables["params"])
+    detached = module.clone(parent=None)
+
+    def outputs(kernel):  # the layer's own call, on an unbound copy
+      return detached.apply({"params": {**params, "kernel": kernel}},
+                            *args, **kwargs)
+
+    new = walker.visit(_linen_path(module), args[0], params["kernel"],
+                       params.get("bias"), module.kernel_init, outputs)
+    if new is not None:
+      module.put_variable("params", "kernel", new)
+
+  try:
+    with nn.intercept_methods(_linen_interceptor(set_kernel)):
+      _, updated = model.apply(variables, x, mutable=True, **model_kwargs)
+  finally:
+    walker.close()
+  return {**variables, "params": updated["params"]}
+
+
+# nnx --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _wrapped_calls(types: Collection[type],
+                   wrap: Callable[[Callable], Callable]) -> Iterator[None]:
+  """Wraps `__call__` of each type for the duration of the block."""
+  originals = {cls: (cls.__call__, vars(cls).get("__call__")) for cls in types}
+  try:
+    for cls, (resolved, _) in originals.items():
+      cls.__call__ = wrap(resolved)
+    yield
+  finally:
+    for cls, (_, own) in originals.items():
+      if own is None:
+        del cls.__call__
+      else:
+        cls.__call__ = own
+
+
+def _nnx_pass(view: nnx.Module, x: jax.Array, on_linear: Callable[..., None],
+              model_kwargs: Mapping[str, Any]) -> None:
+  """One forward pass of `view`, handing each `Linear` call to `on_linear`."""
+  paths = {id(module): "/".join(map(str, path))
+           for path, module in nnx.iter_modules(view)
+           if isinstance(module, nnx.Linear)}
+  types = {type(module) for _, module in nnx.iter_modules(view)
+           if isinstance(module, nnx.Linear)}
+
+  def wrap(call):
+    def wrapped(self, *args, **kwargs):
+      if id(self) in paths:
+        on_linear(paths[id(self)], self, call, args, kwargs)
+      return call(self, *args, **kwargs)
+    return wrapped
+
+  with _wrapped_calls(types, wrap):
+    view(x, **model_kwargs)
+
+
+def walk_nnx(model: nnx.Module, x: jax.Array, make_rule: RuleFactory, *,
+             layers: LayerFilter, progress: bool, desc: str,
+             model_kwargs: Mapping[str, Any] | None) -> None:
+  """Sets an nnx model's dense kernels layer by layer with the rule, in place."""
+  if not isinstance(model, nnx.Module):
+    raise TypeError(
+        f"`model` must be a flax.nnx.Module, got {type(model).__name__}; for "
+        "flax.linen models use the `_linen` function.")
+  model_kwargs = dict(model_kwargs or {})
+  # The pass must leave batch statistics and RNG counts as they were.
+  saved = nnx.clone(nnx.state(model, nnx.Not(nnx.Param)))
+  view = nnx.view(model, only=nnx.Dropout, deterministic=True,
+                  raise_if_not_found=False)
+  calls: list[str] = []
+  try:
+    _nnx_pass(view, x[:2], lambda path, *_: calls.append(path), model_kwargs)
+  except Exception as error:  # the model's own error, re-raised with context
+    raise _forward_error(x, error) from error
+  finally:
+    nnx.update(model, saved)
+  plan = _plan(calls, layers)
+  walker = _Walker(plan, make_rule(plan), progress, desc)
+
+  def set_kernel(path, module, call, args, kwargs):
+    def outputs(kernel):
+      module.kernel.set_value(kernel)
+      return call(module, *args, **kwargs)
+
+    kernel = module.kernel.get_value()
+    bias = None if module.bias is None else module.bias.get_value()
+    new = walker.visit(path, args[0], kernel, bias, None, outputs)
+    module.kernel.set_value(kernel if new is None else new)
+
+  try:
+    _nnx_pass(view, x, set_kernel, model_kwargs)
+  finally:
+    walker.close()
+    nnx.update(model, saved)

@@ -1,0 +1,103 @@
+"""`lsuv_linen` / `lsuv_nnx`: unit output variance per layer, on the campaign's walk."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import nc_jax
+import models
+from conftest import stratified
+
+SIZES = (784, 256, 100, 10)  # MLP-3
+
+
+@pytest.fixture(scope="module")
+def data(mnist):
+  x, y = stratified(*mnist, 1000, seed=5)
+  return jnp.asarray(x), jnp.asarray(y)
+
+
+def dense_output_variances(model, variables, x):
+  """Output variance of every Dense, from the model's own intermediates."""
+  _, state = model.apply(variables, x, capture_intermediates=True,
+                         mutable=["intermediates"])
+  flat = jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]
+  return {jax.tree_util.keystr(path): float(jnp.var(value))
+          for path, value in flat if "Dense" in jax.tree_util.keystr(path)}
+
+
+@pytest.mark.parametrize("tol", [0.1, 0.01])
+def test_every_layer_has_unit_output_variance_on_mnist(data, tol):
+  x, _ = data
+  model = models.MLP(SIZES[1:])
+  variables = nc_jax.lsuv_linen(model, jax.random.key(0), x, tol=tol,
+                                progress=False)
+  variances = dense_output_variances(model, variables, x)
+  assert len(variances) == 3
+  for name, var in variances.items():
+    assert abs(var - 1) < tol, (name, var)
+
+
+def test_kernels_are_scaled_orthogonal_with_the_documented_keys(data):
+  x, _ = data
+  key = jax.random.key(3)
+  params = nc_jax.lsuv_linen(models.MLP(SIZES[1:]), key, x,
+                             progress=False)["params"]
+  lsuv_key = jax.random.split(key)[1]
+  for i in range(3):
+    w = params[f"Dense_{i}"]["kernel"]
+    q = jax.nn.initializers.orthogonal()(jax.random.fold_in(lsuv_key, i),
+                                         w.shape)
+    scale = float(jnp.linalg.norm(w) / jnp.linalg.norm(q))
+    np.testing.assert_allclose(w, scale * q, rtol=1e-4, atol=1e-7)
+
+
+def test_other_variables_keep_the_models_init(data):
+  x, _ = data
+  model = models.SmallCNN()
+  key = jax.random.key(1)
+  got = nc_jax.lsuv_linen(model, key, x, progress=False)
+  ref = model.init(jax.random.split(key)[0], x)
+  np.testing.assert_array_equal(got["params"]["Conv_0"]["kernel"],
+                                ref["params"]["Conv_0"]["kernel"])
+  assert jax.tree.structure(got) == jax.tree.structure(ref)
+
+
+def test_linen_and_nnx_agree(data):
+  x, _ = data
+  key = jax.random.key(2)
+  params = nc_jax.lsuv_linen(models.MLP(SIZES[1:]), key, x,
+                             progress=False)["params"]
+  model = models.NnxMLP(SIZES, rngs=nnx.Rngs(0))
+  nc_jax.lsuv_nnx(model, x, key=jax.random.split(key)[1], progress=False)
+  for i, layer in enumerate(model.layers):
+    np.testing.assert_allclose(layer.kernel[...], params[f"Dense_{i}"]["kernel"],
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_dead_layer_is_kept_finite_with_a_warning(data):
+  x, _ = data
+  with pytest.warns(UserWarning, match="output variance 0.0"):
+    params = nc_jax.lsuv_linen(models.MLP((16, 10)), jax.random.key(0),
+                               jnp.zeros_like(x), progress=False)["params"]
+  assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"tol": 0.0}, "`tol`"),
+    ({"tol": 1.5}, "`tol`"),
+    ({"max_iters": 0}, "`max_iters`"),
+])
+def test_bad_options(data, kwargs, match):
+  x, _ = data
+  with pytest.raises(ValueError, match=match):
+    nc_jax.lsuv_linen(models.MLP((16, 10)), jax.random.key(0), x, **kwargs)
+
+
+def test_no_dense_layer(data):
+  x, _ = data
+  with pytest.raises(ValueError, match="no dense layer"):
+    nc_jax.lsuv_linen(models.ConvOnly(), jax.random.key(0), x)
