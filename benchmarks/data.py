@@ -131,7 +131,7 @@ def tfds_mnist(data_dir: str | None = None) -> Dataset:
     for split in ("train", "test"):
       source = tfds.data_source("mnist", split=split, download=False,
                                 data_dir=data_dir)
-      rows = source.__getitems__(range(len(source)))
+      rows = list(source)
       splits[split] = (np.stack([r["image"] for r in rows]),
                        np.array([r["label"] for r in rows]))
   except Exception as error:  # not prepared, or prepared as TFRecords

@@ -1,0 +1,137 @@
+"""The MNIST comparison benchmark (benchmarks/mnist_mlp.py) and its data, small."""
+
+import csv
+import gzip
+import time
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from benchmarks import data
+from benchmarks import mnist_mlp
+
+
+@pytest.fixture(scope="module")
+def small():
+  """Digits with 400 training images: fast, real, 64 features."""
+  d = data.digits()
+  return data.Dataset(d.name, d.x_train[:400], d.y_train[:400], d.x_test,
+                      d.y_test)
+
+
+def test_mnist_subset_is_a_fixed_stratified_4000_1000_split():
+  a, b = data.mnist_subset(), data.mnist_subset()
+  assert a.x_train.shape == (4000, 784) and a.x_test.shape == (1000, 784)
+  np.testing.assert_array_equal(a.y_test, b.y_test)
+  assert np.bincount(a.y_test).min() >= 80  # every class, in proportion
+  assert 0.0 <= a.x_train.min() and a.x_train.max() <= 1.0
+
+
+def _write_idx(path, array):
+  header = bytes([0, 0, 8, array.ndim]) + b"".join(
+      int(n).to_bytes(4, "big") for n in array.shape)
+  opener = gzip.open if path.suffix == ".gz" else open
+  with opener(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_files_plain_and_gzipped(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (6, 28, 28))
+  labels = np.arange(6) % 3
+  _write_idx(tmp_path / "train-images-idx3-ubyte.gz", images)
+  _write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
+  _write_idx(tmp_path / "t10k-images-idx3-ubyte", images[:4])
+  _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels[:4])
+  d = data.load("idx", str(tmp_path))
+  np.testing.assert_allclose(d.x_train, images.reshape(6, -1) / 255.0,
+                             rtol=1e-6)
+  np.testing.assert_array_equal(d.y_test, labels[:4])
+  with pytest.raises(data.DataUnavailable, match="t10k-images"):
+    (tmp_path / "t10k-images-idx3-ubyte").unlink()
+    data.idx_mnist(tmp_path)
+
+
+def test_tfds_path_with_mock_data():
+  with tfds.testing.mock_data(num_examples=12):
+    d = data.load("tfds")
+  assert d.x_train.shape == (12, 784) and d.x_test.shape == (12, 784)
+  assert d.x_train.dtype == np.float32 and d.y_train.dtype == np.int32
+  assert 0.0 <= d.x_train.min() and d.x_train.max() <= 1.0
+
+
+def test_tfds_missing_is_detected_fast_and_auto_falls_back(tmp_path):
+  start = time.perf_counter()
+  with pytest.raises(data.DataUnavailable, match="not prepared"):
+    data.tfds_mnist(str(tmp_path))
+  assert time.perf_counter() - start < 5.0
+  said = []
+  d = data.load("auto", str(tmp_path), log=said.append)
+  assert len(said) == 1 and "bundled real MNIST subset" in said[0]
+  assert d.x_train.shape == (4000, 784)
+
+
+@pytest.mark.parametrize("model_init", mnist_mlp.INITS)
+def test_every_initializer_gives_the_mlp_its_shapes(small, model_init):
+  params = mnist_mlp.initialize(model_init, "mlp3", jax.random.key(0), small)
+  shapes = jax.tree.map(lambda a: a.shape, params)
+  assert shapes == {"Dense_0": {"kernel": (64, 256), "bias": (256,)},
+                    "Dense_1": {"kernel": (256, 100), "bias": (100,)},
+                    "Dense_2": {"kernel": (100, 10), "bias": (10,)}}
+  assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
+  assert all((params[k]["bias"] == 0).all() for k in params)
+
+
+def test_seeds_train_independently_and_reproducibly(small):
+  both = mnist_mlp.train_and_evaluate("mlp2", "he+campaign", small, (0, 1), 2)
+  alone = mnist_mlp.train_and_evaluate("mlp2", "he+campaign", small, (1,), 2)
+  for name in mnist_mlp.EPOCH_METRICS:
+    assert both.curves[name].shape == (2, 2)
+    np.testing.assert_allclose(both.curves[name][1], alone.curves[name][0],
+                               rtol=1e-4, atol=1e-4)
+  assert both.curves["train_loss"][:, 1].mean() < both.curves[
+      "train_loss"][:, 0].mean()
+
+
+def test_mean_ci_and_paired_comparison():
+  mean, half = mnist_mlp.mean_ci(np.array([1.0, 2.0, 3.0]))
+  assert mean == 2.0 and half == pytest.approx(2.4841, rel=1e-3)
+  assert np.isnan(mnist_mlp.mean_ci(np.array([1.0]))[1])
+  curves = lambda errs: {"test_error": np.array(errs, float)[:, None],
+                         "train_loss": np.ones((len(errs), 1))}
+  runs = [mnist_mlp.Run("mlp2", "he", (0, 1, 2), np.ones(3),
+                        curves([3.0, 4.0, 5.0])),
+          mnist_mlp.Run("mlp2", "he+campaign", (0, 1, 2), np.ones(3),
+                        curves([2.0, 3.5, 4.0]))]
+  (row,) = mnist_mlp.paired_comparisons(runs)
+  assert row["comparison"] == "he+campaign - he" and row["wins"] == 3
+  assert row["mean_diff"] == pytest.approx(-2.5 / 3)
+  assert row["p_value"] == pytest.approx(
+      float(__import__("scipy").stats.ttest_rel([2, 3.5, 4], [3, 4, 5]).pvalue))
+
+
+def test_main_smoke_writes_table_csv_and_plot(tmp_path, capsys):
+  text = mnist_mlp.main(["--quick", "--epochs", "1", "--seeds", "1",
+                         "--arch", "mlp2", "--data", "digits",
+                         "--out", str(tmp_path)])
+  assert (tmp_path / "mnist_mlp.md").read_text() == text
+  for model_init in mnist_mlp.INITS:
+    assert f"| mlp2 | {model_init} |" in text
+  with open(tmp_path / "mnist_mlp_epochs.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == len(mnist_mlp.INITS)
+  assert set(rows[0]) == {"arch", "init", "seed", "epoch",
+                          *mnist_mlp.EPOCH_METRICS}
+  assert (tmp_path / "mnist_mlp.png").stat().st_size > 10_000
+  assert "digits" in capsys.readouterr().out
+
+
+def test_bad_arguments():
+  with pytest.raises(SystemExit):
+    mnist_mlp.parse_args(["--init", "orthogonal"])
+  with pytest.raises(SystemExit):
+    mnist_mlp.parse_args(["--epochs", "0"])
+  with pytest.raises(ValueError, match="needs the directory"):
+    data.load("idx")
