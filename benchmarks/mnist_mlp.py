@@ -265,7 +265,7 @@ def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
     p = "–" if math.isnan(r["p_value"]) else f"{r['p_value']:.3g}"
     lines.append(
         f"| {r['arch']} | {r['comparison']} | {LABELS[r['metric']]} | "
-        f"{_cell(r['mean_diff'], r['ci95'], 2)} | {p} | "
+        f"{_cell(r['mean_diff'], r['ci95'], DIGITS[r['metric']])} | {p} | "
         f"{r['wins']}/{r['seeds']} |")
   return "\n".join(lines)
 
@@ -282,31 +282,36 @@ def write_curves_csv(runs: Sequence[Run], path: pathlib.Path) -> None:
 
 
 def plot_curves(runs: Sequence[Run], path: pathlib.Path) -> None:
-  """Test error per epoch: mean over seeds and a 95% CI band, per init."""
+  """Each epoch metric per epoch: mean over seeds and a 95% CI band, per init."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib.ticker import NullFormatter, ScalarFormatter
 
   archs = list(dict.fromkeys(r.arch for r in runs))
-  fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 4),
+  fig, axes = plt.subplots(len(EPOCH_METRICS), len(archs),
+                           figsize=(5 * len(archs), 3.5 * len(EPOCH_METRICS)),
                            squeeze=False)
-  for ax, arch in zip(axes[0], archs):
-    for run in (r for r in runs if r.arch == arch):
-      errors = run.curves["test_error"]
-      epochs = np.arange(1, errors.shape[1] + 1)
-      mean = errors.mean(0)
-      ax.plot(epochs, mean, label=run.init)
-      if errors.shape[0] > 1:
-        half = stats.t.ppf(0.975, errors.shape[0] - 1) * stats.sem(errors, 0)
-        ax.fill_between(epochs, mean - half, mean + half, alpha=0.2)
-    ax.set_title(arch)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(LABELS["test_error"])
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
+  for row, metric in zip(axes, EPOCH_METRICS):
+    for ax, arch in zip(row, archs):
+      for run in (r for r in runs if r.arch == arch):
+        values = run.curves[metric]
+        epochs = np.arange(1, values.shape[1] + 1)
+        mean = values.mean(0)
+        ax.plot(epochs, mean, label=run.init)
+        if values.shape[0] > 1:
+          half = stats.t.ppf(0.975, values.shape[0] - 1) * stats.sem(values, 0)
+          ax.fill_between(epochs, mean - half, mean + half, alpha=0.2)
+      ax.set_title(arch)
+      ax.set_xlabel("epoch")
+      ax.set_ylabel(LABELS[metric])
+      ax.set_yscale("log")
+      ax.yaxis.set_major_formatter(ScalarFormatter())
+      ax.yaxis.set_minor_formatter(NullFormatter())
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  fig.savefig(path, dpi=90)
   plt.close(fig)
 
 
@@ -330,7 +335,8 @@ def write_results(runs: Sequence[Run], settings: dict[str, Any],
                   out: pathlib.Path) -> str:
   """Writes mnist_mlp.md, .json, _epochs.csv and .png; returns the markdown."""
   out.mkdir(parents=True, exist_ok=True)
-  comparisons = paired_comparisons(runs)
+  comparisons = [row for metric in ("min_test_error", "epoch1_train_loss")
+                 for row in paired_comparisons(runs, metric)]
   text = "\n".join([
       "# MNIST MLP comparison (benchmarks/mnist_mlp.py)", "",
       *[f"- {k}: {v}" for k, v in settings.items()], "",

@@ -84,13 +84,15 @@ def _check_num_candidates(num_candidates: Any, fan_out: int) -> None:
 
 
 @functools.partial(
-    jax.jit, static_argnames=("k", "activation", "class_balanced", "num_classes"))
+    jax.jit, static_argnames=("k", "activation", "class_balanced", "num_classes",
+                              "chunk_size"))
 def _campaign_select(x, labels, candidates, alpha, bias, *, k, activation,
-                     class_balanced, num_classes):
+                     class_balanced, num_classes, chunk_size):
   """Steps 1-4 for validated inputs; returns indices and the dropped flags."""
   w = candidates.astype(x.dtype)
-  z = activation(x @ w + bias.astype(x.dtype))  # Step 1
-  moments = scores_lib.class_moments(z, labels, num_classes)
+  respond = lambda rows: activation(rows @ w + bias.astype(x.dtype))  # Step 1
+  moments = scores_lib.response_moments(x, labels, respond, num_classes,
+                                        chunk_size)
   scores, dropped = scores_lib.scores_from_moments(  # Step 2
       moments, alpha, labels is not None)
   if class_balanced and labels is not None:  # Step 3
@@ -98,6 +100,15 @@ def _campaign_select(x, labels, candidates, alpha, bias, *, k, activation,
   else:
     groups, num_groups = jnp.zeros(w.shape[1], jnp.int32), 1
   return select_lib.elect(w, scores, groups, num_groups, k), dropped  # Step 4
+
+
+def _check_chunk_size(chunk_size: Any) -> int | None:
+  if chunk_size is not None and (
+      not isinstance(chunk_size, numbers.Integral) or chunk_size < 1):
+    raise ValueError(
+        f"`chunk_size` must be a positive int (rows scored at a time) or None "
+        f"(the whole batch at once), got {chunk_size!r}.")
+  return None if chunk_size is None else int(chunk_size)
 
 
 def _check_bias(bias: ArrayLike) -> jax.Array:
@@ -119,6 +130,7 @@ def campaign_select(
     class_balanced: bool = True,
     num_classes: int | None = None,
     bias: float = 0.0,
+    chunk_size: int | None = None,
 ) -> jax.Array:
   """Elects k of the given candidate neurons by a Neuron Campaign on a batch.
 
@@ -140,6 +152,9 @@ def campaign_select(
       to most (Step 3); otherwise one group.
     num_classes: C; inferred from one-hot width or `max(labels) + 1`.
     bias: the scalar bias every neuron of the layer starts with.
+    chunk_size: score the batch this many rows at a time (a `lax.scan` over
+      chunks that merges the class statistics), so memory is
+      O(chunk_size * N) rather than O(m * N); None scores all rows at once.
 
   Returns:
     int32 indices of the elected candidates, shape `(k,)`, in Step 5's order.
@@ -173,20 +188,23 @@ def campaign_select(
   indices, dropped = _campaign_select(
       x, labels, candidates, validation.check_alpha(alpha), _check_bias(bias),
       k=k, activation=activation, class_balanced=bool(class_balanced),
-      num_classes=num_classes)
+      num_classes=num_classes, chunk_size=_check_chunk_size(chunk_size))
   scores_lib.warn_if_dropped(dropped)
   return indices
 
 
 @functools.partial(
     jax.jit, static_argnames=("base_init", "shape", "dtype", "num_candidates",
-                              "activation", "class_balanced", "num_classes"))
+                              "activation", "class_balanced", "num_classes",
+                              "chunk_size"))
 def _campaign_kernel(key, x, labels, alpha, bias, *, base_init, shape, dtype,
-                     num_candidates, activation, class_balanced, num_classes):
+                     num_candidates, activation, class_balanced, num_classes,
+                     chunk_size):
   w = draw_candidates(key, base_init, shape, num_candidates, dtype)
   indices, dropped = _campaign_select(
       x, labels, w, alpha, bias, k=shape[1], activation=activation,
-      class_balanced=class_balanced, num_classes=num_classes)
+      class_balanced=class_balanced, num_classes=num_classes,
+      chunk_size=chunk_size)
   return w[:, indices], dropped  # Step 5: the raw candidate columns
 
 
@@ -201,6 +219,7 @@ def campaign_init(
     class_balanced: bool = True,
     num_classes: int | None = None,
     bias: float = 0.0,
+    chunk_size: int | None = None,
 ) -> Initializer:
   """Builds an initializer that elects a layer's neurons by a Neuron Campaign.
 
@@ -231,6 +250,9 @@ def campaign_init(
     class_balanced: split the elected neurons over the classes, as published.
     num_classes: C; inferred from one-hot width or `max(labels) + 1`.
     bias: the scalar bias the layer's neurons start with.
+    chunk_size: score the batch this many rows at a time, with memory
+      O(chunk_size * N) instead of O(m * N) (see `campaign_select`); None
+      scores all rows at once.
 
   Returns:
     `init(key, shape, dtype=jnp.float32) -> jax.Array`, a kernel of shape
@@ -260,6 +282,7 @@ def campaign_init(
                                                      num_classes)
   alpha = validation.check_alpha(alpha)
   bias = _check_bias(bias)
+  chunk_size = _check_chunk_size(chunk_size)
   if num_candidates is not None and (
       not isinstance(num_candidates, numbers.Integral) or num_candidates < 1):
     raise ValueError(
@@ -286,7 +309,7 @@ def campaign_init(
         key, x, int_labels, alpha, bias, base_init=base_init,
         shape=(fan_in, fan_out), dtype=dtype, num_candidates=int(n),
         activation=activation, class_balanced=bool(class_balanced),
-        num_classes=num_classes)
+        num_classes=num_classes, chunk_size=chunk_size)
     scores_lib.warn_if_dropped(dropped)
     return kernel
 

@@ -125,7 +125,8 @@ def _campaign_rule(key: jax.Array, labels: jax.Array | None,
                    num_classes: int | None, *, alpha: AlphaSchedule,
                    activation: Activations, candidates_per_neuron: int,
                    base_init: campaign.Initializer | None,
-                   class_balanced: bool) -> traversal.RuleFactory:
+                   class_balanced: bool,
+                   chunk_size: int | None) -> traversal.RuleFactory:
   if (not isinstance(candidates_per_neuron, numbers.Integral)
       or candidates_per_neuron < 1):
     raise ValueError(
@@ -148,7 +149,8 @@ def _campaign_rule(key: jax.Array, labels: jax.Array | None,
           num_candidates=candidates_per_neuron * fan_out,
           base_init=base_init or layer.kernel_init or _NNX_DEFAULT_INIT,
           activation=activation_of(layer.path), class_balanced=class_balanced,
-          num_classes=num_classes, bias=_bias_value(layer))
+          num_classes=num_classes, bias=_bias_value(layer),
+          chunk_size=chunk_size)
       return init(jax.random.fold_in(key, layer.index), layer.kernel.shape,
                   layer.kernel.dtype)
     return rule
@@ -174,6 +176,8 @@ _OPTIONS_DOC = """alpha: weight of the input-information criterion per layer: a 
     num_classes: C; inferred from `y` when left out.
     layers: which dense layers take part: None (all), a collection of layer
       paths, or a predicate on the path. The others keep the model's init.
+    chunk_size: score each layer's input this many rows at a time (memory
+      O(chunk_size * N), see `campaign_init`); None: all rows at once.
     progress: show a tqdm bar over layers, naming each.
     model_kwargs: keyword arguments for the model's `__call__` (e.g.
       `{"train": False}`)."""
@@ -199,6 +203,7 @@ def campaign_linen(
     class_balanced: bool = True,
     num_classes: int | None = None,
     layers: traversal.LayerFilter = None,
+    chunk_size: int | None = None,
     progress: bool = True,
     model_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -247,7 +252,7 @@ def campaign_linen(
   make_rule = _campaign_rule(
       campaign_key, labels, num_classes, alpha=alpha, activation=activation,
       candidates_per_neuron=candidates_per_neuron, base_init=base_init,
-      class_balanced=class_balanced)
+      class_balanced=class_balanced, chunk_size=chunk_size)
   return traversal.walk_linen(model, init_key, x, make_rule, layers=layers,
                               progress=progress, desc="campaign",
                               model_kwargs=model_kwargs)
@@ -267,6 +272,7 @@ def campaign_nnx(
     class_balanced: bool = True,
     num_classes: int | None = None,
     layers: traversal.LayerFilter = None,
+    chunk_size: int | None = None,
     progress: bool = True,
     model_kwargs: Mapping[str, Any] | None = None,
 ) -> None:
@@ -310,7 +316,7 @@ def campaign_nnx(
       traversal.as_key(key), labels, num_classes, alpha=alpha,
       activation=activation,
       candidates_per_neuron=candidates_per_neuron, base_init=base_init,
-      class_balanced=class_balanced)
+      class_balanced=class_balanced, chunk_size=chunk_size)
   traversal.walk_nnx(model, x, make_rule, layers=layers, progress=progress,
                      desc="campaign", model_kwargs=model_kwargs)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -46,15 +47,15 @@ class Dropped(NamedTuple):
   label_info: jax.Array  # labels given, but fewer than two classes present
 
 
-def class_moments(z: jax.Array, labels: jax.Array | None,
-                  num_classes: int) -> ClassMoments:
+def class_moments(z: jax.Array, labels: jax.Array | None, num_classes: int,
+                  shift: jax.Array | None = None) -> ClassMoments:
   """Per-class count, mean and sum of squared deviations of each column of z.
 
   Two passes (means, then squared deviations from them) over one-hot
   products, so nothing loops over samples or classes. With `labels=None`
-  there is one class holding every sample.
+  there is one class holding every sample. `shift` defaults to `z[0]`.
   """
-  shift = z[0]
+  shift = z[0] if shift is None else shift
   centred = z - shift[None, :]
   if labels is None:
     onehot = jnp.ones((z.shape[0], 1), z.dtype)
@@ -65,6 +66,59 @@ def class_moments(z: jax.Array, labels: jax.Array | None,
   deviation = centred - onehot @ mean
   m2 = onehot.T @ (deviation * deviation)
   return ClassMoments(count, mean, m2, shift)
+
+
+def merge_moments(a: ClassMoments, b: ClassMoments) -> ClassMoments:
+  """Moments of the union of two batches with the same shift.
+
+  The pairwise update of Chan, Golub & LeVeque (1979): stable where a naive
+  sum of squares cancels catastrophically.
+  """
+  count = a.count + b.count
+  safe = jnp.maximum(count, 1)[:, None]
+  delta = b.mean - a.mean
+  mean = a.mean + delta * (b.count[:, None] / safe)
+  m2 = a.m2 + b.m2 + delta * delta * (a.count * b.count)[:, None] / safe
+  return ClassMoments(count, mean, m2, a.shift)
+
+
+def response_moments(
+    x: jax.Array, labels: jax.Array | None,
+    respond: Callable[[jax.Array], jax.Array], num_classes: int | None,
+    chunk_size: int | None = None,
+) -> ClassMoments:
+  """Class moments of `respond(x)`, optionally streamed over row chunks.
+
+  With `chunk_size`, the responses of only `chunk_size` rows exist at a time:
+  a `lax.scan` over the full chunks merges each chunk's moments into the
+  running ones (`merge_moments`), so memory is O(chunk_size * N), not
+  O(m * N). All chunks share the first row's responses as their shift.
+  """
+  m = x.shape[0]
+  if chunk_size is None or chunk_size >= m:
+    return class_moments(respond(x), labels, num_classes)
+  rows = lambda a, start, stop: None if a is None else a[start:stop]
+  moments = class_moments(respond(x[:chunk_size]), rows(labels, 0, chunk_size),
+                          num_classes)
+  full = m // chunk_size
+  if full > 1:
+    stop = full * chunk_size
+    chunks = (x[chunk_size:stop].reshape(full - 1, chunk_size, *x.shape[1:]),
+              None if labels is None else
+              labels[chunk_size:stop].reshape(full - 1, chunk_size))
+
+    def step(acc: ClassMoments, chunk) -> tuple[ClassMoments, None]:
+      xc, lc = chunk
+      return merge_moments(acc, class_moments(respond(xc), lc, num_classes,
+                                              acc.shift)), None
+
+    moments, _ = jax.lax.scan(step, moments, chunks)
+  if m % chunk_size:
+    start = full * chunk_size
+    moments = merge_moments(moments, class_moments(
+        respond(x[start:]), rows(labels, start, m), num_classes,
+        moments.shift))
+  return moments
 
 
 def _unit(v: jax.Array, atol: jax.Array) -> tuple[jax.Array, jax.Array]:

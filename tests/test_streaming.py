@@ -1,0 +1,65 @@
+"""`chunk_size`: the campaign's statistics streamed over row chunks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nc_jax
+import reference
+from conftest import he_candidates, stratified
+from nc_jax._src import scores as scores_lib
+
+
+@pytest.mark.parametrize("chunk_size", [1, 37, 400, 10_000])
+@pytest.mark.parametrize("with_labels", [True, False])
+def test_offset_data_matches_float64_reference(mnist, chunk_size, with_labels):
+  # Raw 0..255 pixels plus 1e4: a mean far above the spread.
+  x, y = stratified(*mnist, 400)
+  x = x * 255.0 + 1e4
+  w = he_candidates(784, 30)
+  want, _, _ = reference.scores(x.astype(np.float64) @ w,
+                                y if with_labels else None, 0.5)
+  labels = jnp.asarray(y) if with_labels else None
+  moments = jax.jit(scores_lib.response_moments, static_argnums=(2, 3, 4))(
+      jnp.asarray(x, jnp.float32), labels,
+      lambda rows: rows @ jnp.asarray(w, jnp.float32), 10, chunk_size)
+  got, _ = scores_lib.scores_from_moments(moments, jnp.asarray(0.5),
+                                          with_labels)
+  np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("chunk_size", [7, 250, 999])
+@pytest.mark.parametrize("alpha, class_balanced", [(0.0, True), (0.5, False),
+                                                   (1.0, True)])
+def test_chunked_election_matches_reference(mnist, chunk_size, alpha,
+                                            class_balanced):
+  x, y = stratified(*mnist, 1000)
+  w = he_candidates(784, 100)
+  want = reference.campaign_select(x, y, w, 20, alpha, class_balanced)
+  got = nc_jax.campaign_select(x, y, w.astype(np.float32), 20, alpha=alpha,
+                               class_balanced=class_balanced,
+                               chunk_size=chunk_size)
+  assert got.tolist() == want
+
+
+def test_campaign_init_and_linen_same_result_chunked(digits):
+  x, y = digits
+  init = nc_jax.campaign_init(x, y)
+  chunked = nc_jax.campaign_init(x, y, chunk_size=128)
+  key = jax.random.key(0)
+  np.testing.assert_array_equal(init(key, (64, 32)), chunked(key, (64, 32)))
+  np.testing.assert_array_equal(jax.jit(chunked, static_argnums=1)(key, (64, 32)),
+                                chunked(key, (64, 32)))
+  import flax.linen as nn
+  model = nn.Sequential([nn.Dense(32), nn.relu, nn.Dense(10)])
+  a = nc_jax.campaign_linen(model, key, x, y, progress=False)
+  b = nc_jax.campaign_linen(model, key, x, y, chunk_size=300, progress=False)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+@pytest.mark.parametrize("chunk_size", [0, -3, 2.5, "64"])
+def test_bad_chunk_size(digits, chunk_size):
+  x, y = digits
+  with pytest.raises(ValueError, match="`chunk_size` must be a positive int"):
+    nc_jax.campaign_init(x, y, chunk_size=chunk_size)
