@@ -103,12 +103,9 @@ def _campaign_select(x, labels, candidates, alpha, bias, *, k, activation,
 
 
 def _check_chunk_size(chunk_size: Any) -> int | None:
-  if chunk_size is not None and (
-      not isinstance(chunk_size, numbers.Integral) or chunk_size < 1):
-    raise ValueError(
-        f"`chunk_size` must be a positive int (rows scored at a time) or None "
-        f"(the whole batch at once), got {chunk_size!r}.")
-  return None if chunk_size is None else int(chunk_size)
+  return validation.check_positive_int(
+      chunk_size, "chunk_size", allow_none=True,
+      hint="the rows scored at a time, or None for the whole batch at once")
 
 
 def _check_bias(bias: ArrayLike) -> jax.Array:
@@ -283,11 +280,8 @@ def campaign_init(
   alpha = validation.check_alpha(alpha)
   bias = _check_bias(bias)
   chunk_size = _check_chunk_size(chunk_size)
-  if num_candidates is not None and (
-      not isinstance(num_candidates, numbers.Integral) or num_candidates < 1):
-    raise ValueError(
-        f"`num_candidates` must be a positive int or None, got "
-        f"{num_candidates!r}.")
+  validation.check_positive_int(num_candidates, "num_candidates",
+                                allow_none=True)
   if not callable(base_init) or not callable(activation):
     raise TypeError(
         "`base_init` and `activation` must be callables, got "

@@ -15,6 +15,7 @@ from flax import nnx
 from jax.typing import ArrayLike
 
 from nc_jax._src import traversal
+from nc_jax._src import validation
 
 
 def _lsuv_rule(key: jax.Array, tol: float,
@@ -22,8 +23,7 @@ def _lsuv_rule(key: jax.Array, tol: float,
   """Orthogonal pre-init, then rescale until the output variance is 1."""
   if not isinstance(tol, numbers.Real) or not 0 < tol < 1:
     raise ValueError(f"`tol` must be a float in (0, 1), got {tol!r}.")
-  if not isinstance(max_iters, numbers.Integral) or max_iters < 1:
-    raise ValueError(f"`max_iters` must be a positive int, got {max_iters!r}.")
+  validation.check_positive_int(max_iters, "max_iters")
   orthogonal = jax.nn.initializers.orthogonal()
 
   def rule(layer: traversal.Layer) -> jax.Array:

@@ -127,11 +127,9 @@ def _campaign_rule(key: jax.Array, labels: jax.Array | None,
                    base_init: campaign.Initializer | None,
                    class_balanced: bool,
                    chunk_size: int | None) -> traversal.RuleFactory:
-  if (not isinstance(candidates_per_neuron, numbers.Integral)
-      or candidates_per_neuron < 1):
-    raise ValueError(
-        "`candidates_per_neuron` must be a positive int (candidates drawn per "
-        f"elected neuron), got {candidates_per_neuron!r}; the paper uses 5.")
+  validation.check_positive_int(
+      candidates_per_neuron, "candidates_per_neuron",
+      hint="candidates drawn per elected neuron; the paper uses 5")
   if base_init is not None and not callable(base_init):
     raise TypeError(
         f"`base_init` must be an initializer or None, got "

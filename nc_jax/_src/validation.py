@@ -72,6 +72,22 @@ def as_batch(batch: ArrayLike, name: str = "batch") -> jax.Array:
   return x.reshape(x.shape[0], -1).astype(compute_dtype(x.dtype))
 
 
+def check_positive_int(value: object, name: str, *, allow_none: bool = False,
+                       hint: str = "") -> int | None:
+  """Checks that `value` is an int >= 1 (or None, where allowed); returns it.
+
+  Raises:
+    ValueError: naming the argument, the value and, with `hint`, the fix.
+  """
+  if value is None and allow_none:
+    return None
+  if not isinstance(value, numbers.Integral) or value < 1:
+    raise ValueError(
+        f"`{name}` must be a positive int{' or None' if allow_none else ''}, "
+        f"got {value!r}{'; ' + hint if hint else ''}.")
+  return int(value)
+
+
 def as_int_labels(
     labels: ArrayLike | None, num_samples: int, num_classes: int | None,
     name: str = "labels",
@@ -95,12 +111,7 @@ def as_int_labels(
   """
   if labels is None:
     return None, None
-  if num_classes is not None and (
-      not isinstance(num_classes, numbers.Integral) or num_classes < 1
-  ):
-    raise ValueError(
-        f"`num_classes` must be a positive int, got {num_classes!r}."
-    )
+  num_classes = check_positive_int(num_classes, "num_classes", allow_none=True)
   if not isinstance(labels, jax.Array):
     labels = np.asarray(labels)
   if labels.ndim not in (1, 2):
