@@ -244,11 +244,11 @@ def paired_comparisons(runs: Sequence[Run],
     base, _, campaign = run.init.partition("+")
     if not campaign or (run.arch, base) not in by_key:
       continue
-    other = by_key[(run.arch, base)]
-    diff = run.summary()[metric] - other.summary()[metric]
+    ours, theirs = run.summary()[metric], by_key[(run.arch, base)].summary()[
+        metric]
+    diff = ours - theirs
     mean, half = mean_ci(diff)
-    p = (float(stats.ttest_rel(run.summary()[metric],
-                               other.summary()[metric]).pvalue)
+    p = (float(stats.ttest_rel(ours, theirs).pvalue)
          if len(diff) > 1 and np.any(diff != diff[0]) else math.nan)
     rows.append({"arch": run.arch, "comparison": f"{run.init} - {base}",
                  "metric": metric, "mean_diff": mean, "ci95": half,

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from scipy import stats
 
 from benchmarks import data
 from benchmarks import mnist_mlp
@@ -109,7 +110,7 @@ def test_mean_ci_and_paired_comparison():
   assert row["comparison"] == "he+campaign - he" and row["wins"] == 3
   assert row["mean_diff"] == pytest.approx(-2.5 / 3)
   assert row["p_value"] == pytest.approx(
-      float(__import__("scipy").stats.ttest_rel([2, 3.5, 4], [3, 4, 5]).pvalue))
+      float(stats.ttest_rel([2, 3.5, 4], [3, 4, 5]).pvalue))
 
 
 def test_main_smoke_writes_table_csv_and_plot(tmp_path, capsys):

@@ -220,11 +220,10 @@ def walk_linen(model: nn.Module, key: jax.Array, x: jax.Array,
 
   def set_kernel(module, next_fun, args, kwargs):
     params = dict(module.variables["params"])
-    detached = module.clone(parent=None)
 
     def outputs(kernel):  # the layer's own call, on an unbound copy
-      return detached.apply({"params": {**params, "kernel": kernel}},
-                            *args, **kwargs)
+      return module.clone(parent=None).apply(
+          {"params": {**params, "kernel": kernel}}, *args, **kwargs)
 
     new = walker.visit(_linen_path(module), args[0], params["kernel"],
                        params.get("bias"), module.kernel_init, outputs)
@@ -262,11 +261,10 @@ def _wrapped_calls(types: Collection[type],
 def _nnx_pass(view: nnx.Module, x: jax.Array, on_linear: Callable[..., None],
               model_kwargs: Mapping[str, Any]) -> None:
   """One forward pass of `view`, handing each `Linear` call to `on_linear`."""
-  paths = {id(module): "/".join(map(str, path))
-           for path, module in nnx.iter_modules(view)
-           if isinstance(module, nnx.Linear)}
-  types = {type(module) for _, module in nnx.iter_modules(view)
-           if isinstance(module, nnx.Linear)}
+  linears = [(path, module) for path, module in nnx.iter_modules(view)
+             if isinstance(module, nnx.Linear)]
+  paths = {id(module): "/".join(map(str, path)) for path, module in linears}
+  types = {type(module) for _, module in linears}
 
   def wrap(call):
     def wrapped(self, *args, **kwargs):
