@@ -3,9 +3,14 @@
 import json
 import math
 
+import jax
+import numpy as np
 import pytest
 
+import nc_jax
 from benchmarks import init_speed
+from benchmarks import numpy_port
+from conftest import stratified
 
 
 @pytest.mark.parametrize("shape", [(64, 8), (784, 8)])
@@ -20,15 +25,45 @@ def test_mnist_rows_are_tiled():
   assert (x[5000:] == x[:3]).all() and 0.0 <= x.min() and x.max() <= 1.0
 
 
-def test_writes_table_and_json(tmp_path):
-  rows = init_speed.run_benchmark([(64, 8)], [50], repeats=2)
-  table = init_speed.write_results(rows, init_speed.machine_info(), tmp_path)
-  assert (tmp_path / "init_speed.md").read_text() == table
-  assert "| " + " | ".join(init_speed.COLUMNS) + " |" in table
+def test_writes_tables_json_and_plot(tmp_path):
+  rows = init_speed.run_benchmark([(64, 8)], [50, 120], repeats=2,
+                                  memory=False)
+  election = [init_speed.bench_election(32, 8, 2, floor_rows=100, repeats=1)]
+  text = init_speed.write_results(rows, init_speed.machine_info(), tmp_path,
+                                  election)
+  assert (tmp_path / "init_speed.md").read_text() == text
+  assert "| " + " | ".join(init_speed.COLUMNS) + " |" in text
+  assert "| " + " | ".join(init_speed.ELECTION_COLUMNS) + " |" in text
+  assert (tmp_path / "init_speed.png").stat().st_size > 0
   result = json.loads((tmp_path / "init_speed.json").read_text())
   assert result["columns"] == list(init_speed.COLUMNS)
   assert set(result["machine"]) >= {"device", "cpu cores", "jax", "date"}
-  [row] = result["rows"]
+  row = result["rows"][0]
   assert list(row) == list(init_speed.COLUMNS)
-  assert (row["shape"], row["m"], row["N"]) == ("64x8", 50, 40)
-  assert math.isfinite(row["ratio"]) and row["ratio"] > 0
+  assert (row["shape"], row["m"], row["N"], row["chunk"]) == ("64x8", 50, 40,
+                                                               2048)
+  assert row["peak MB"] is None
+  for key in ("ratio", "speed-up", "compile s"):
+    assert math.isfinite(row[key]) and row[key] > 0
+  [elected] = result["election"]
+  assert (elected["fan_out"], elected["N"], elected["groups"]) == (8, 40, 2)
+  assert elected["election / floor"] > 0
+
+
+def test_max_flops_skips_large_configurations():
+  rows = init_speed.run_benchmark([(64, 8), (64, 80)], [50], max_flops=2e6,
+                                  repeats=1, memory=False)
+  assert [r["shape"] for r in rows] == ["64x8"]
+
+
+def test_peak_memory_is_measured_in_a_fresh_process():
+  peak = init_speed.peak_memory_mb((64, 8), 3000)
+  assert math.isfinite(peak) and peak >= 0
+
+
+def test_numpy_port_elects_what_nc_jax_elects(mnist):
+  x, y = stratified(*mnist, 1000)
+  w = np.asarray(nc_jax.draw_candidates(
+      jax.random.key(0), jax.nn.initializers.he_normal(), (784, 32), 160))
+  want = nc_jax.campaign_select(x, y, w, 32, alpha=0.5).tolist()
+  assert numpy_port.campaign_select(x, y, w, 32, 0.5, 10) == want

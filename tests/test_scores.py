@@ -60,10 +60,11 @@ def test_matches_reference_on_digits_with_absent_and_singleton_classes(digits):
 
 
 def test_absent_classes_change_nothing(mnist):
+  # Up to float32 rounding: the one-hot product's blocking depends on C.
   z, y = _mnist_responses(mnist, m=300, n=30)
-  np.testing.assert_array_equal(
+  np.testing.assert_allclose(
       nc_jax.neuron_scores(z, y, num_classes=10),
-      nc_jax.neuron_scores(z, y, num_classes=25))
+      nc_jax.neuron_scores(z, y, num_classes=25), rtol=0, atol=1e-6)
 
 
 def test_offset_data_is_stable(mnist):

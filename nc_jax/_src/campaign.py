@@ -85,14 +85,15 @@ def _check_num_candidates(num_candidates: Any, fan_out: int) -> None:
 
 @functools.partial(
     jax.jit, static_argnames=("k", "activation", "class_balanced", "num_classes",
-                              "chunk_size"))
-def _campaign_select(x, labels, candidates, alpha, bias, *, k, activation,
-                     class_balanced, num_classes, chunk_size):
+                              "chunk_size", "row_sharding"))
+def _campaign_select(x, first_row, labels, candidates, alpha, bias, *, k,
+                     activation, class_balanced, num_classes, chunk_size,
+                     row_sharding):
   """Steps 1-4 for validated inputs; returns indices and the dropped flags."""
   w = candidates.astype(x.dtype)
   respond = lambda rows: activation(rows @ w + bias.astype(x.dtype))  # Step 1
   moments = scores_lib.response_moments(x, labels, respond, num_classes,
-                                        chunk_size)
+                                        chunk_size, row_sharding, first_row)
   scores, dropped = scores_lib.scores_from_moments(  # Step 2
       moments, alpha, labels is not None)
   if class_balanced and labels is not None:  # Step 3
@@ -105,7 +106,48 @@ def _campaign_select(x, labels, candidates, alpha, bias, *, k, activation,
 def _check_chunk_size(chunk_size: Any) -> int | None:
   return validation.check_positive_int(
       chunk_size, "chunk_size", allow_none=True,
-      hint="the rows scored at a time, or None for the whole batch at once")
+      hint="the rows scored at a time, or None to choose by device")
+
+
+# Rows scored at a time when `chunk_size=None`. On CPU, responses that stay
+# in cache beat one big product (benchmarks/init_speed.py measures this);
+# accelerators take the whole batch up to a bound on the responses' memory.
+_CPU_CHUNK_ROWS = 2048
+_ACCELERATOR_CHUNK_ELEMENTS = 2**27
+
+
+def _auto_chunk_size(chunk_size: int | None, x: jax.Array,
+                     num_candidates: int) -> int | None:
+  """`chunk_size`, or the device's default for a batch scored on N candidates."""
+  if chunk_size is not None:
+    return chunk_size
+  devices = (x.devices() if validation.is_concrete(x) and isinstance(x, jax.Array)
+             else jax.devices())
+  if next(iter(devices)).platform == "cpu":
+    return _CPU_CHUNK_ROWS
+  rows = max(1, _ACCELERATOR_CHUNK_ELEMENTS // num_candidates)
+  return None if rows >= x.shape[0] else rows
+
+
+def _row_sharding(x: jax.Array) -> scores_lib.RowSharding | None:
+  """(mesh, axes) when `x` is split along its rows only over several devices."""
+  if not validation.is_concrete(x) or not isinstance(x, jax.Array):
+    return None
+  sharding = x.sharding
+  if (not isinstance(sharding, jax.sharding.NamedSharding)
+      or len(sharding.device_set) < 2 or not sharding.spec
+      or sharding.spec[0] is None or any(sharding.spec[1:])):
+    return None
+  return sharding.mesh, sharding.spec[0]
+
+
+def _first_row(x: jax.Array, row_sharding: scores_lib.RowSharding | None
+               ) -> jax.Array:
+  """`x[:1]`, the shift's input; on every device when `x` is sharded."""
+  if row_sharding is None:
+    return x[:1]
+  return jax.device_put(x[:1], jax.sharding.NamedSharding(
+      row_sharding[0], jax.sharding.PartitionSpec()))
 
 
 def _check_bias(bias: ArrayLike) -> jax.Array:
@@ -150,8 +192,10 @@ def campaign_select(
     num_classes: C; inferred from one-hot width or `max(labels) + 1`.
     bias: the scalar bias every neuron of the layer starts with.
     chunk_size: score the batch this many rows at a time (a `lax.scan` over
-      chunks that merges the class statistics), so memory is
-      O(chunk_size * N) rather than O(m * N); None scores all rows at once.
+      chunks that adds up the class statistics), so memory is
+      O(chunk_size * N) rather than O(m * N). None chooses by device: 2,048
+      rows on CPU (cache-sized chunks are fastest there), the whole batch on
+      GPU/TPU unless its responses exceed 2**27 values.
 
   Returns:
     int32 indices of the elected candidates, shape `(k,)`, in Step 5's order.
@@ -182,10 +226,15 @@ def campaign_select(
         f"`candidates` must have shape (fan_in, N) with fan_in={x.shape[1]} "
         f"(the batch's features), got {candidates.shape}.")
   select_lib._check_k(k, candidates.shape[1])
+  row_sharding = _row_sharding(x)
   indices, dropped = _campaign_select(
-      x, labels, candidates, validation.check_alpha(alpha), _check_bias(bias),
-      k=k, activation=activation, class_balanced=bool(class_balanced),
-      num_classes=num_classes, chunk_size=_check_chunk_size(chunk_size))
+      x, _first_row(x, row_sharding), labels, candidates,
+      validation.check_alpha(alpha), _check_bias(bias), k=k,
+      activation=activation, class_balanced=bool(class_balanced),
+      num_classes=num_classes,
+      chunk_size=_auto_chunk_size(_check_chunk_size(chunk_size), x,
+                                  candidates.shape[1]),
+      row_sharding=row_sharding)
   scores_lib.warn_if_dropped(dropped)
   return indices
 
@@ -193,15 +242,15 @@ def campaign_select(
 @functools.partial(
     jax.jit, static_argnames=("base_init", "shape", "dtype", "num_candidates",
                               "activation", "class_balanced", "num_classes",
-                              "chunk_size"))
-def _campaign_kernel(key, x, labels, alpha, bias, *, base_init, shape, dtype,
-                     num_candidates, activation, class_balanced, num_classes,
-                     chunk_size):
+                              "chunk_size", "row_sharding"))
+def _campaign_kernel(key, x, first_row, labels, alpha, bias, *, base_init,
+                     shape, dtype, num_candidates, activation, class_balanced,
+                     num_classes, chunk_size, row_sharding):
   w = draw_candidates(key, base_init, shape, num_candidates, dtype)
   indices, dropped = _campaign_select(
-      x, labels, w, alpha, bias, k=shape[1], activation=activation,
+      x, first_row, labels, w, alpha, bias, k=shape[1], activation=activation,
       class_balanced=class_balanced, num_classes=num_classes,
-      chunk_size=chunk_size)
+      chunk_size=chunk_size, row_sharding=row_sharding)
   return w[:, indices], dropped  # Step 5: the raw candidate columns
 
 
@@ -248,8 +297,10 @@ def campaign_init(
     num_classes: C; inferred from one-hot width or `max(labels) + 1`.
     bias: the scalar bias the layer's neurons start with.
     chunk_size: score the batch this many rows at a time, with memory
-      O(chunk_size * N) instead of O(m * N) (see `campaign_select`); None
-      scores all rows at once.
+      O(chunk_size * N) instead of O(m * N); None chooses by device (see
+      `campaign_select`). A batch sharded along its rows over a
+      `jax.sharding.Mesh` is scored where it lies: each device sums its own
+      rows and one all-reduce combines the statistics.
 
   Returns:
     `init(key, shape, dtype=jnp.float32) -> jax.Array`, a kernel of shape
@@ -280,6 +331,8 @@ def campaign_init(
   alpha = validation.check_alpha(alpha)
   bias = _check_bias(bias)
   chunk_size = _check_chunk_size(chunk_size)
+  row_sharding = _row_sharding(x)
+  first_row = _first_row(x, row_sharding)
   validation.check_positive_int(num_candidates, "num_candidates",
                                 allow_none=True)
   if not callable(base_init) or not callable(activation):
@@ -300,10 +353,12 @@ def campaign_init(
     if not jnp.issubdtype(dtype, jnp.floating):
       raise TypeError(f"`dtype` must be a floating dtype, got {dtype}.")
     kernel, dropped = _campaign_kernel(
-        key, x, int_labels, alpha, bias, base_init=base_init,
+        key, x, first_row, int_labels, alpha, bias, base_init=base_init,
         shape=(fan_in, fan_out), dtype=dtype, num_candidates=int(n),
         activation=activation, class_balanced=bool(class_balanced),
-        num_classes=num_classes, chunk_size=chunk_size)
+        num_classes=num_classes,
+        chunk_size=_auto_chunk_size(chunk_size, x, int(n)),
+        row_sharding=row_sharding)
     scores_lib.warn_if_dropped(dropped)
     return kernel
 

@@ -175,7 +175,7 @@ _OPTIONS_DOC = """alpha: weight of the input-information criterion per layer: a 
     layers: which dense layers take part: None (all), a collection of layer
       paths, or a predicate on the path. The others keep the model's init.
     chunk_size: score each layer's input this many rows at a time (memory
-      O(chunk_size * N), see `campaign_init`); None: all rows at once.
+      O(chunk_size * N), see `campaign_init`); None chooses by device.
     progress: show a tqdm bar over layers, naming each.
     model_kwargs: keyword arguments for the model's `__call__` (e.g.
       `{"train": False}`)."""

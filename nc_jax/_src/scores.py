@@ -1,8 +1,9 @@
 """Step 2 of ALGORITHM.md: the two information-bottleneck criteria per neuron.
 
-All statistics are reduced to per-class moments (count, mean, sum of squared
-deviations) of the candidates' responses; both criteria and the class
-groups of Step 3 are read off those moments.
+All statistics are reduced to per-class sums of the candidates' shifted
+responses (count, sum, sum of squares), which add up over row chunks and
+devices, then to per-class moments; both criteria and the class groups of
+Step 3 are read off those moments.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
@@ -40,6 +42,18 @@ class ClassMoments(NamedTuple):
   shift: jax.Array  # (N,) reference response subtracted before summing
 
 
+class ClassSums(NamedTuple):
+  """Per-class sums of the shifted responses `d = z - shift`.
+
+  Sums add up over row chunks and over devices, so one pass over the batch
+  and one cross-device reduction give the statistics of all of it.
+  """
+
+  count: jax.Array  # (C,) samples per class
+  first: jax.Array  # (C, N) sums of d
+  second: jax.Array  # (C, N) sums of d ** 2
+
+
 class Dropped(NamedTuple):
   """Which criteria dropped out of the score (Step 2 fix), as bool scalars."""
 
@@ -47,78 +61,115 @@ class Dropped(NamedTuple):
   label_info: jax.Array  # labels given, but fewer than two classes present
 
 
-def class_moments(z: jax.Array, labels: jax.Array | None, num_classes: int,
-                  shift: jax.Array | None = None) -> ClassMoments:
-  """Per-class count, mean and sum of squared deviations of each column of z.
+# Sums of squares cancel in the variance, so their products must be exact
+# float32: no TF32 or bf16 passes on GPU/TPU.
+_matmul = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
 
-  Two passes (means, then squared deviations from them) over one-hot
-  products, so nothing loops over samples or classes. With `labels=None`
-  there is one class holding every sample. `shift` defaults to `z[0]`.
+
+def class_sums(z: jax.Array, labels: jax.Array | None, num_classes: int,
+               shift: jax.Array) -> ClassSums:
+  """Per-class count, sum and sum of squares of each column of `z - shift`.
+
+  One pass of one-hot products, so nothing loops over samples or classes.
+  With `labels=None` there is one class holding every sample.
   """
-  shift = z[0] if shift is None else shift
-  centred = z - shift[None, :]
+  d = z - shift[None, :]
   if labels is None:
     onehot = jnp.ones((z.shape[0], 1), z.dtype)
   else:
     onehot = jax.nn.one_hot(labels, num_classes, dtype=z.dtype)
-  count = onehot.sum(axis=0)
-  mean = (onehot.T @ centred) / jnp.maximum(count, 1)[:, None]
-  deviation = centred - onehot @ mean
-  m2 = onehot.T @ (deviation * deviation)
-  return ClassMoments(count, mean, m2, shift)
+  return ClassSums(onehot.sum(axis=0), _matmul(onehot.T, d),
+                   _matmul(onehot.T, d * d))
 
 
-def merge_moments(a: ClassMoments, b: ClassMoments) -> ClassMoments:
-  """Moments of the union of two batches with the same shift.
+def moments_from_sums(sums: ClassSums, shift: jax.Array) -> ClassMoments:
+  """Class means and squared deviations from shifted sums.
 
-  The pairwise update of Chan, Golub & LeVeque (1979): stable where a naive
-  sum of squares cancels catastrophically.
+  The shift is a response of the batch itself (its first row), so the shifted
+  values are of the order of the data's spread, not of its offset, and the
+  sum of squares does not cancel catastrophically (tests/test_streaming.py:
+  raw pixels plus 1e4 match the float64 reference).
   """
-  count = a.count + b.count
-  safe = jnp.maximum(count, 1)[:, None]
-  delta = b.mean - a.mean
-  mean = a.mean + delta * (b.count[:, None] / safe)
-  m2 = a.m2 + b.m2 + delta * delta * (a.count * b.count)[:, None] / safe
-  return ClassMoments(count, mean, m2, a.shift)
+  safe = jnp.maximum(sums.count, 1)[:, None]
+  mean = sums.first / safe
+  m2 = jnp.maximum(sums.second - sums.first * mean, 0.0)
+  return ClassMoments(sums.count, mean, m2, shift)
+
+
+def _response_sums(
+    x: jax.Array, labels: jax.Array | None,
+    respond: Callable[[jax.Array], jax.Array], num_classes: int,
+    chunk_size: int | None, shift: jax.Array,
+) -> ClassSums:
+  """`class_sums` of `respond(x)`, a `lax.scan` over row chunks if asked.
+
+  Chunk i covers rows `[i * c, i * c + c)`; the last one is moved back to end
+  at row m and its rows already counted get the out-of-range class id C (an
+  all-zero one-hot row), so every chunk has the same shape and no row is
+  counted twice or copied.
+  """
+  m = x.shape[0]
+  if chunk_size is None or chunk_size >= m:
+    return class_sums(respond(x), labels, num_classes, shift)
+  classes = 1 if labels is None else num_classes
+  labels = jnp.zeros(m, jnp.int32) if labels is None else labels
+
+  def step(acc: ClassSums, start: jax.Array) -> tuple[ClassSums, None]:
+    begin = jnp.minimum(start, m - chunk_size)
+    rows = jax.lax.dynamic_slice_in_dim(x, begin, chunk_size)
+    fresh = begin + jnp.arange(chunk_size) >= start
+    chunk_labels = jnp.where(
+        fresh, jax.lax.dynamic_slice_in_dim(labels, begin, chunk_size), classes)
+    sums = class_sums(respond(rows), chunk_labels, classes, shift)
+    return jax.tree.map(jnp.add, acc, sums), None
+
+  n = shift.shape[0]
+  zero = ClassSums(jnp.zeros(classes, x.dtype), jnp.zeros((classes, n), x.dtype),
+                   jnp.zeros((classes, n), x.dtype))
+  starts = jnp.arange(0, m, chunk_size)
+  return jax.lax.scan(step, zero, starts)[0]
+
+
+RowSharding = tuple[jax.sharding.Mesh, Any]
 
 
 def response_moments(
     x: jax.Array, labels: jax.Array | None,
     respond: Callable[[jax.Array], jax.Array], num_classes: int | None,
     chunk_size: int | None = None,
+    row_sharding: RowSharding | None = None,
+    first_row: jax.Array | None = None,
 ) -> ClassMoments:
-  """Class moments of `respond(x)`, optionally streamed over row chunks.
+  """Class moments of `respond(x)`: one pass, streamed and sharded if asked.
 
   With `chunk_size`, the responses of only `chunk_size` rows exist at a time:
-  a `lax.scan` over the full chunks merges each chunk's moments into the
-  running ones (`merge_moments`), so memory is O(chunk_size * N), not
-  O(m * N). All chunks share the first row's responses as their shift.
+  a `lax.scan` over row chunks adds up their `ClassSums`, so memory is
+  O(chunk_size * N), not O(m * N). With `row_sharding = (mesh, axes)` (the
+  batch sharded along m over those mesh axes), every device sums its own
+  rows and one `psum` of the packed sums combines them: the batch is never
+  gathered. All rows share the responses to `first_row` (default `x[:1]`;
+  pass it replicated over the mesh so that no other collective is needed)
+  as their shift.
   """
-  m = x.shape[0]
-  if chunk_size is None or chunk_size >= m:
-    return class_moments(respond(x), labels, num_classes)
-  rows = lambda a, start, stop: None if a is None else a[start:stop]
-  moments = class_moments(respond(x[:chunk_size]), rows(labels, 0, chunk_size),
-                          num_classes)
-  full = m // chunk_size
-  if full > 1:
-    stop = full * chunk_size
-    chunks = (x[chunk_size:stop].reshape(full - 1, chunk_size, *x.shape[1:]),
-              None if labels is None else
-              labels[chunk_size:stop].reshape(full - 1, chunk_size))
+  shift = respond(x[:1] if first_row is None else first_row)[0]
+  total = functools.partial(_response_sums, respond=respond,
+                            num_classes=num_classes, chunk_size=chunk_size,
+                            shift=shift)
+  if row_sharding is None:
+    return moments_from_sums(total(x, labels), shift)
+  mesh, axes = row_sharding
 
-    def step(acc: ClassMoments, chunk) -> tuple[ClassMoments, None]:
-      xc, lc = chunk
-      return merge_moments(acc, class_moments(respond(xc), lc, num_classes,
-                                              acc.shift)), None
+  def local(x, labels):
+    flat, unravel = jax.flatten_util.ravel_pytree(total(x, labels))
+    return unravel(jax.lax.psum(flat, axes))  # one all-reduce, packed
 
-    moments, _ = jax.lax.scan(step, moments, chunks)
-  if m % chunk_size:
-    start = full * chunk_size
-    moments = merge_moments(moments, class_moments(
-        respond(x[start:]), rows(labels, start, m), num_classes,
-        moments.shift))
-  return moments
+  spec = jax.sharding.PartitionSpec(axes)
+  # check_vma=False: the chunk scan starts from zeros that are not marked as
+  # varying per device; the psum makes the result replicated.
+  sums = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec),
+                       out_specs=jax.sharding.PartitionSpec(),
+                       check_vma=False)(x, labels)
+  return moments_from_sums(sums, shift)
 
 
 def _unit(v: jax.Array, atol: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -197,7 +248,7 @@ def warn_if_dropped(dropped: Dropped) -> None:
 
 @functools.partial(jax.jit, static_argnames=("num_classes",))
 def _neuron_scores(z, labels, alpha, num_classes):
-  moments = class_moments(z, labels, num_classes)
+  moments = response_moments(z, labels, lambda z: z, num_classes)
   return scores_from_moments(moments, alpha, labels is not None)
 
 

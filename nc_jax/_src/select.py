@@ -16,6 +16,9 @@ from nc_jax._src import validation
 # Candidate j's residual is exhausted when ||R_j|| <= tol * ||W_j|| (Step 4 fix).
 _RESIDUAL_RTOL = 1e-4
 
+# Projections must be exact float32: no TF32 or bf16 passes on GPU/TPU.
+_matmul = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
+
 
 def _quota_step(carry: tuple[jax.Array, jax.Array],
                 size: jax.Array) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
@@ -116,12 +119,14 @@ def _elect_round(consts: _ElectionConstants, state: _ElectionState
   pick = jnp.where(projects, best, fallback)
 
   # u_g = R_pick / ||R_pick|| for groups that project; each candidate is then
-  # projected off its own group's direction: R_j -= u_g (u_g . R_j).
+  # projected off its own group's direction: R_j -= u_g (u_g . R_j). Both
+  # are products with the (G, N) membership mask, so no (fan_in, N) gather of
+  # directions is built.
   direction = state.residual[:, pick] * jnp.where(
       active & projects, jax.lax.rsqrt(state.residual_sq[pick]), 0.0)[None, :]
-  per_candidate = direction[:, consts.groups]
-  coefficient = jnp.sum(per_candidate * state.residual, axis=0)
-  residual = state.residual - per_candidate * coefficient[None, :]
+  coefficient = jnp.where(consts.member, _matmul(direction.T, state.residual),
+                          0.0)  # (G, N), nonzero only in each one's own group
+  residual = state.residual - _matmul(direction, coefficient)
   elected = jnp.zeros_like(state.eligible).at[pick].max(active)
   new_state = _ElectionState(
       residual=residual,
@@ -131,23 +136,16 @@ def _elect_round(consts: _ElectionConstants, state: _ElectionState
   return new_state, jnp.where(active, pick, -1).astype(jnp.int32)
 
 
-def _elect_step(consts: _ElectionConstants, state: _ElectionState, _
-                ) -> tuple[_ElectionState, jax.Array]:
-  """A scan step: one election round, skipped once every quota is met."""
-  def skip(state):
-    return state, jnp.full(state.owed.shape, -1, jnp.int32)
-  return jax.lax.cond(jnp.any(state.owed > 0),
-                      functools.partial(_elect_round, consts), skip, state)
-
-
 def elect(candidates: jax.Array, scores: jax.Array, groups: jax.Array,
           num_groups: int, k: int) -> jax.Array:
-  """Steps 3-4 for traced inputs: quotas, then one scan of election rounds.
+  """Steps 3-4 for traced inputs: quotas, then a loop of election rounds.
 
-  All groups advance in parallel in each round (masking); the scan's static
-  length is k, the most rounds any quota can need, and rounds after the
-  largest quota is met are skipped by a `lax.cond`.
+  All groups advance in parallel in each round (masking); a
+  `lax.while_loop` runs rounds until every quota is met, so there are as many
+  rounds as the largest quota.
   """
+  if k == 0:
+    return jnp.zeros(0, jnp.int32)
   w = candidates.astype(validation.compute_dtype(candidates.dtype))
   scores = scores.astype(w.dtype)
   member = groups[None, :] == jnp.arange(num_groups)[:, None]
@@ -160,9 +158,16 @@ def elect(candidates: jax.Array, scores: jax.Array, groups: jax.Array,
       norm=jnp.sqrt(norm_sq),
       groups=groups,
       member=member)
+
+  def round_(carry):
+    state, picks, done = carry
+    state, pick = _elect_round(consts, state)
+    return state, picks.at[done].set(pick), done + 1
+
   state = _ElectionState(w, norm_sq, jnp.ones(scores.shape, bool), quotas)
-  _, picks = jax.lax.scan(functools.partial(_elect_step, consts), state,
-                          length=k)
+  _, picks, _ = jax.lax.while_loop(
+      lambda carry: jnp.any(carry[0].owed > 0), round_,
+      (state, jnp.full((k, num_groups), -1, jnp.int32), jnp.asarray(0)))
   # Output order (Step 5): group by group in id order, election order inside.
   flat = picks.T.reshape(-1)
   return flat[jnp.flatnonzero(flat >= 0, size=k)]
