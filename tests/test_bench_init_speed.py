@@ -56,9 +56,10 @@ def test_max_flops_skips_large_configurations():
   assert [r["shape"] for r in rows] == ["64x8"]
 
 
-def test_peak_memory_is_measured_in_a_fresh_process():
-  peak = init_speed.peak_memory_mb((64, 8), 3000)
-  assert math.isfinite(peak) and peak >= 0
+def test_memory_scaling_runs_default_chunks_and_the_whole_batch():
+  rows = init_speed.memory_scaling((64, 8), [3000])
+  assert [(r["m"], r["chunk"]) for r in rows] == [(3000, 2048), (3000, 3000)]
+  assert all(math.isfinite(r["peak MB"]) and r["peak MB"] >= 0 for r in rows)
 
 
 def test_numpy_port_elects_what_nc_jax_elects(mnist):

@@ -1,6 +1,5 @@
 """`lsuv_linen` / `lsuv_nnx`: unit output variance per layer, on the campaign's walk."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

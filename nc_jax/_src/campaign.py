@@ -116,17 +116,22 @@ _CPU_CHUNK_ROWS = 2048
 _ACCELERATOR_CHUNK_ELEMENTS = 2**27
 
 
-def _auto_chunk_size(chunk_size: int | None, x: jax.Array,
-                     num_candidates: int) -> int | None:
-  """`chunk_size`, or the device's default for a batch scored on N candidates."""
+def _platform(x: jax.Array) -> str:
+  """The platform `x` lives on (the default backend's for a tracer)."""
+  if validation.is_concrete(x) and isinstance(x, jax.Array):
+    return next(iter(x.devices())).platform
+  return jax.default_backend()
+
+
+def _auto_chunk_size(chunk_size: int | None, m: int, num_candidates: int,
+                     platform: str) -> int | None:
+  """`chunk_size`, or the platform's default for m rows and N candidates."""
   if chunk_size is not None:
     return chunk_size
-  devices = (x.devices() if validation.is_concrete(x) and isinstance(x, jax.Array)
-             else jax.devices())
-  if next(iter(devices)).platform == "cpu":
+  if platform == "cpu":
     return _CPU_CHUNK_ROWS
   rows = max(1, _ACCELERATOR_CHUNK_ELEMENTS // num_candidates)
-  return None if rows >= x.shape[0] else rows
+  return None if rows >= m else rows
 
 
 def _row_sharding(x: jax.Array) -> scores_lib.RowSharding | None:
@@ -232,8 +237,8 @@ def campaign_select(
       validation.check_alpha(alpha), _check_bias(bias), k=k,
       activation=activation, class_balanced=bool(class_balanced),
       num_classes=num_classes,
-      chunk_size=_auto_chunk_size(_check_chunk_size(chunk_size), x,
-                                  candidates.shape[1]),
+      chunk_size=_auto_chunk_size(_check_chunk_size(chunk_size), x.shape[0],
+                                  candidates.shape[1], _platform(x)),
       row_sharding=row_sharding)
   scores_lib.warn_if_dropped(dropped)
   return indices
@@ -357,7 +362,8 @@ def campaign_init(
         shape=(fan_in, fan_out), dtype=dtype, num_candidates=int(n),
         activation=activation, class_balanced=bool(class_balanced),
         num_classes=num_classes,
-        chunk_size=_auto_chunk_size(chunk_size, x, int(n)),
+        chunk_size=_auto_chunk_size(chunk_size, x.shape[0], int(n),
+                                    _platform(x)),
         row_sharding=row_sharding)
     scores_lib.warn_if_dropped(dropped)
     return kernel

@@ -61,11 +61,6 @@ class Dropped(NamedTuple):
   label_info: jax.Array  # labels given, but fewer than two classes present
 
 
-# Sums of squares cancel in the variance, so their products must be exact
-# float32: no TF32 or bf16 passes on GPU/TPU.
-_matmul = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
-
-
 def class_sums(z: jax.Array, labels: jax.Array | None, num_classes: int,
                shift: jax.Array) -> ClassSums:
   """Per-class count, sum and sum of squares of each column of `z - shift`.
@@ -78,8 +73,8 @@ def class_sums(z: jax.Array, labels: jax.Array | None, num_classes: int,
     onehot = jnp.ones((z.shape[0], 1), z.dtype)
   else:
     onehot = jax.nn.one_hot(labels, num_classes, dtype=z.dtype)
-  return ClassSums(onehot.sum(axis=0), _matmul(onehot.T, d),
-                   _matmul(onehot.T, d * d))
+  return ClassSums(onehot.sum(axis=0), validation.exact_matmul(onehot.T, d),
+                   validation.exact_matmul(onehot.T, d * d))
 
 
 def moments_from_sums(sums: ClassSums, shift: jax.Array) -> ClassMoments:

@@ -15,9 +15,9 @@ from nc_jax._src import validation
 
 # Candidate j's residual is exhausted when ||R_j|| <= tol * ||W_j|| (Step 4 fix).
 _RESIDUAL_RTOL = 1e-4
-
-# Projections must be exact float32: no TF32 or bf16 passes on GPU/TPU.
-_matmul = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
+# A downdated ||R_j||^2 further than this times ||W_j||^2 from the exact value
+# triggers an exact recomputation of every residual norm.
+_DRIFT_RTOL = 1e-3
 
 
 def _quota_step(carry: tuple[jax.Array, jax.Array],
@@ -87,29 +87,65 @@ def _check_k(k: int, num_candidates: int | None) -> None:
 
 
 class _ElectionConstants(NamedTuple):
+  candidates: jax.Array  # (fan_in, N) W
   scores: jax.Array  # (N,) unshifted scores, for the exhausted fallback
   shifted: jax.Array  # (N,) scores shifted so the worst is 0 (Step 4 fix)
-  exhausted_sq: jax.Array  # (N,) (tol * ||W_j||)^2: at or below, R_j is spent
-  norm: jax.Array  # (N,) ||W_j||
+  norm_sq: jax.Array  # (N,) ||W_j||^2
   groups: jax.Array  # (N,) group id of each candidate
   member: jax.Array  # (G, N) bool, groups[j] == g
 
 
 class _ElectionState(NamedTuple):
-  residual: jax.Array  # (fan_in, N) each candidate outside span(its group's elected)
-  residual_sq: jax.Array  # (N,) squared norms of the residuals
+  basis: jax.Array  # (k, fan_in) elected unit directions, in election order
+  basis_group: jax.Array  # (k,) each direction's group; -1 for unused rows
+  filled: jax.Array  # () directions so far
+  residual_sq: jax.Array  # (N,) ||R_j||^2: downdated, refreshed on drift
   eligible: jax.Array  # (N,) bool, not yet elected
   owed: jax.Array  # (G,) picks each group still owes to its quota
+  refreshed: jax.Array  # () bool, residual_sq was just recomputed exactly
+
+
+def _residuals(state: _ElectionState, vectors: jax.Array,
+               vector_group: jax.Array) -> jax.Array:
+  """Rows of `vectors` minus their projection on their group's directions.
+
+  Classical Gram-Schmidt applied twice ("twice is enough"), which keeps the
+  directions orthonormal to working precision.
+  """
+  same = vector_group[:, None] == state.basis_group[None, :]
+  for _ in range(2):
+    coefficient = jnp.where(
+        same, validation.exact_matmul(vectors, state.basis.T), 0.0)
+    vectors = vectors - validation.exact_matmul(coefficient, state.basis)
+  return vectors
+
+
+def _exact_residual_sq(consts: _ElectionConstants, state: _ElectionState
+                       ) -> jax.Array:
+  """Every candidate's ||R_j||^2, recomputed from W and the directions."""
+  residual = _residuals(state, consts.candidates.T, consts.groups)
+  return jnp.sum(residual * residual, axis=1)
 
 
 def _elect_round(consts: _ElectionConstants, state: _ElectionState
-                 ) -> tuple[_ElectionState, jax.Array]:
-  """Every group that still owes picks elects one candidate (Step 4)."""
+                 ) -> tuple[_ElectionState, jax.Array, jax.Array]:
+  """Every group that still owes picks elects one candidate (Step 4).
+
+  The residual norms are downdated: electing direction u takes (u . W_j)^2
+  off ||R_j||^2 for every candidate j of u's group (u is orthogonal to the
+  group's earlier directions, so u . R_j = u . W_j), one product with W and
+  no `(fan_in, N)` residual matrix. Each pick's residual is also computed
+  exactly; if a downdated norm has drifted from it (or the pick turns out
+  spent), the round recomputes every norm exactly instead of electing.
+
+  Returns the new state, the picks (-1 for groups that did not pick), and
+  whether anyone was elected.
+  """
   active = state.owed > 0
-  spent = state.residual_sq <= consts.exhausted_sq
+  spent = state.residual_sq <= _RESIDUAL_RTOL**2 * consts.norm_sq
   fraction = jnp.where(
-      spent, 0.0,
-      jnp.sqrt(state.residual_sq) / jnp.where(consts.norm > 0, consts.norm, 1))
+      spent, 0.0, jnp.sqrt(state.residual_sq / jnp.where(
+          consts.norm_sq > 0, consts.norm_sq, 1)))
   open_ = consts.member & state.eligible[None, :]  # (G, N)
   value = jnp.where(open_, (consts.shifted * fraction)[None, :], -jnp.inf)
   best = jnp.argmax(value, axis=1)
@@ -117,23 +153,39 @@ def _elect_round(consts: _ElectionConstants, state: _ElectionState
   # No positive value left (residuals spent): best unshifted score, no projection.
   fallback = jnp.argmax(jnp.where(open_, consts.scores[None, :], -jnp.inf), axis=1)
   pick = jnp.where(projects, best, fallback)
+  num_groups = pick.shape[0]
 
-  # u_g = R_pick / ||R_pick|| for groups that project; each candidate is then
-  # projected off its own group's direction: R_j -= u_g (u_g . R_j). Both
-  # are products with the (G, N) membership mask, so no (fan_in, N) gather of
-  # directions is built.
-  direction = state.residual[:, pick] * jnp.where(
-      active & projects, jax.lax.rsqrt(state.residual_sq[pick]), 0.0)[None, :]
-  coefficient = jnp.where(consts.member, _matmul(direction.T, state.residual),
-                          0.0)  # (G, N), nonzero only in each one's own group
-  residual = state.residual - _matmul(direction, coefficient)
-  elected = jnp.zeros_like(state.eligible).at[pick].max(active)
+  residual = _residuals(state, consts.candidates[:, pick].T,
+                        jnp.arange(num_groups))  # (G, fan_in)
+  residual_sq = jnp.sum(residual * residual, axis=1)
+  spent_pick = residual_sq <= _RESIDUAL_RTOL**2 * consts.norm_sq[pick]
+  drift = jnp.abs(residual_sq - state.residual_sq[pick]) > (
+      _DRIFT_RTOL * consts.norm_sq[pick])
+  # On drift nobody is elected: the norms are recomputed exactly and the round
+  # is redone (once: right after a refresh the norms are trusted).
+  refresh = jnp.any(active & projects & (drift | spent_pick)) & ~state.refreshed
+  elects = active & ~refresh
+  projecting = elects & projects & ~spent_pick
+  direction = residual * jnp.where(
+      projecting, jax.lax.rsqrt(jnp.where(projecting, residual_sq, 1.0)),
+      0.0)[:, None]
+  coefficient = jnp.where(consts.member, validation.exact_matmul(
+      direction, consts.candidates), 0.0).sum(axis=0)
+  slots = jnp.where(projecting, state.filled + jnp.cumsum(projecting) - 1,
+                    state.basis.shape[0])  # out of range: dropped
   new_state = _ElectionState(
-      residual=residual,
-      residual_sq=jnp.sum(residual * residual, axis=0),
-      eligible=state.eligible & ~elected,
-      owed=state.owed - active)
-  return new_state, jnp.where(active, pick, -1).astype(jnp.int32)
+      basis=state.basis.at[slots].set(direction, mode="drop"),
+      basis_group=state.basis_group.at[slots].set(
+          jnp.arange(num_groups, dtype=jnp.int32), mode="drop"),
+      filled=state.filled + projecting.sum(),
+      residual_sq=jax.lax.cond(
+          refresh, lambda: _exact_residual_sq(consts, state),
+          lambda: jnp.maximum(state.residual_sq - coefficient**2, 0.0)),
+      eligible=state.eligible & ~jnp.zeros_like(state.eligible).at[pick].max(
+          elects),
+      owed=state.owed - elects,
+      refreshed=refresh)
+  return new_state, jnp.where(elects, pick, -1).astype(jnp.int32), ~refresh
 
 
 def elect(candidates: jax.Array, scores: jax.Array, groups: jax.Array,
@@ -142,7 +194,7 @@ def elect(candidates: jax.Array, scores: jax.Array, groups: jax.Array,
 
   All groups advance in parallel in each round (masking); a
   `lax.while_loop` runs rounds until every quota is met, so there are as many
-  rounds as the largest quota.
+  rounds as the largest quota (plus a round per exact refresh of the norms).
   """
   if k == 0:
     return jnp.zeros(0, jnp.int32)
@@ -152,19 +204,23 @@ def elect(candidates: jax.Array, scores: jax.Array, groups: jax.Array,
   quotas = _class_quotas(member.sum(axis=1, dtype=jnp.int32), k)
   norm_sq = jnp.sum(w * w, axis=0)
   consts = _ElectionConstants(
+      candidates=w,
       scores=scores,
       shifted=scores - jnp.minimum(scores.min(), 0),
-      exhausted_sq=_RESIDUAL_RTOL**2 * norm_sq,
-      norm=jnp.sqrt(norm_sq),
+      norm_sq=norm_sq,
       groups=groups,
       member=member)
 
   def round_(carry):
     state, picks, done = carry
-    state, pick = _elect_round(consts, state)
-    return state, picks.at[done].set(pick), done + 1
+    state, pick, elected = _elect_round(consts, state)
+    return state, picks.at[done].set(pick), done + elected
 
-  state = _ElectionState(w, norm_sq, jnp.ones(scores.shape, bool), quotas)
+  state = _ElectionState(
+      basis=jnp.zeros((k, w.shape[0]), w.dtype),
+      basis_group=jnp.full(k, -1, jnp.int32), filled=jnp.asarray(0),
+      residual_sq=norm_sq, eligible=jnp.ones(scores.shape, bool),
+      owed=quotas, refreshed=jnp.asarray(False))
   _, picks, _ = jax.lax.while_loop(
       lambda carry: jnp.any(carry[0].owed > 0), round_,
       (state, jnp.full((k, num_groups), -1, jnp.int32), jnp.asarray(0)))

@@ -7,6 +7,7 @@ values and are skipped for traced arrays, never branched on under `jit`.
 
 from __future__ import annotations
 
+import functools
 import numbers
 
 import jax
@@ -25,6 +26,12 @@ def compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
   if jnp.issubdtype(dtype, jnp.floating):
     return jnp.promote_types(dtype, jnp.float32)
   return jnp.dtype(jnp.float32)
+
+
+# Products whose float32 results feed cancelling differences (sums of squares,
+# projections) must be exact float32: no TF32 or bf16 passes on GPU/TPU.
+exact_matmul = functools.partial(jnp.matmul,
+                                 precision=jax.lax.Precision.HIGHEST)
 
 
 def as_batch(batch: ArrayLike, name: str = "batch") -> jax.Array:
