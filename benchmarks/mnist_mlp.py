@@ -89,7 +89,8 @@ DIGITS = {name: digits for name, (_, digits) in _metric_labels().items()}
 # validation error without a validation split) is left out.
 SUMMARY_METRICS = ("min_test_error", "best_epoch", "final_test_error",
                    "init_seconds")
-EARLY_METRICS = tuple(f"epoch{e}_{name}" for name in ("train_loss", "test_error")
+EARLY_METRICS = tuple(f"epoch{e}_{name}"
+                      for name in ("train_loss", "test_error")
                       for e in EARLY_EPOCHS)
 FINAL_METRICS = ("min_test_error", "final_test_error")
 
@@ -283,7 +284,8 @@ def train_and_evaluate(arch: str, model_init: str | Init,
   held_out = {"test_error": (data.x_test, data.y_test)}
   if data.x_val is not None:
     held_out["val_error"] = (data.x_val, data.y_val)
-  held_out = {name: tuple(map(jnp.asarray, xy)) for name, xy in held_out.items()}
+  held_out = {name: tuple(map(jnp.asarray, xy))
+              for name, xy in held_out.items()}
   curves = {name: [] for name in ("train_loss", *held_out)}
   for epoch in range(epochs):
     keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(order_keys, epoch)
@@ -618,8 +620,8 @@ def run_settings(script: str, argv: Sequence[str] | None,
       "data": dataset.describe(), "epochs": args.epochs, "seeds": args.seeds,
       "optimizer": f"SGD lr {LEARNING_RATE}, batch {BATCH_SIZE}, "
                    "cross-entropy, biases 0",
-      "command": f"python benchmarks/{script} " + " ".join(
-          sys.argv[1:] if argv is None else argv),
+      "command": " ".join([f"python benchmarks/{script}",
+                           *(sys.argv[1:] if argv is None else argv)]),
       "wall time s": round(seconds, 1),
       **init_speed.machine_info(),
   }

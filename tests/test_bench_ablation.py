@@ -49,7 +49,8 @@ def test_the_random_control_keeps_only_the_candidates_per_neuron():
 
 
 def test_settings_are_chosen_on_validation_not_test():
-  runs = [fake_run(s.name, seed=i) for i, s in enumerate(ablation.ablation_inits())]
+  runs = [fake_run(s.name, seed=i)
+          for i, s in enumerate(ablation.ablation_inits())]
   by_name = {r.init: r for r in runs}
   # alpha=0.0 is best on validation, alpha=1.0 on test; he is better still
   # but is not a campaign setting.

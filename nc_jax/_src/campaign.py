@@ -377,7 +377,8 @@ def random_pick_init(
   def init(key: jax.Array, shape: tuple[int, ...],
            dtype: DTypeLike = jnp.float32) -> jax.Array:
     fan_in, fan_out = _check_shape(shape)
-    n = CANDIDATES_PER_NEURON * fan_out if num_candidates is None else num_candidates
+    n = (CANDIDATES_PER_NEURON * fan_out if num_candidates is None
+         else num_candidates)
     _check_num_candidates(n, fan_out)
     dtype = jnp.dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
