@@ -20,14 +20,13 @@ validation error alone; the test split is only read to report.
 
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
-
-import numpy as np
 
 if __package__ in (None, ""):  # run as `python benchmarks/ablation.py`
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -250,7 +249,7 @@ def write_results(runs: Sequence[Run], settings: dict[str, Any],
   return text
 
 
-def parse_args(argv: Sequence[str] | None):
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = mnist_mlp.base_parser(
       __doc__, archs=("mlp2", "mlp3"), epochs=EPOCHS, seeds=SEEDS,
       epochs_help=f"default {EPOCHS}: the full run (MLP-2 and MLP-3, 10 "

@@ -135,7 +135,7 @@ class Init:
   score_rows: int | None = None
   labels: bool = True
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     if self.init not in INITS:
       raise ValueError(
           f"unknown initializer {self.init!r}; choose from {INITS}.")
