@@ -24,20 +24,64 @@ class DataUnavailable(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """A train/test split, pixels scaled to [0, 1], labels int32."""
+  """A train/test split, and optionally a validation split carved from the
+  training images (`with_validation`); pixels scaled to [0, 1], labels int32."""
   name: str
   x_train: np.ndarray
   y_train: np.ndarray
   x_test: np.ndarray
   y_test: np.ndarray
+  x_val: np.ndarray | None = None
+  y_val: np.ndarray | None = None
 
   @property
   def num_classes(self) -> int:
     return int(max(self.y_train.max(), self.y_test.max())) + 1
 
   def describe(self) -> str:
-    return (f"{self.name}: {len(self.y_train):,} train / {len(self.y_test):,} "
-            f"test images of {self.x_train.shape[1]} pixels")
+    val = "" if self.y_val is None else f"{len(self.y_val):,} validation / "
+    return (f"{self.name}: {len(self.y_train):,} train / {val}"
+            f"{len(self.y_test):,} test images of {self.x_train.shape[1]} "
+            "pixels")
+
+
+def with_validation(dataset: Dataset, size: int, seed: int = 0) -> Dataset:
+  """Holds `size` training images out as a validation split, stratified.
+
+  Settings are chosen on this split, never on the test split. The held-out
+  images are drawn per class in proportion to the class sizes
+  (`sklearn.model_selection.train_test_split(..., stratify=y_train,
+  random_state=seed)`), so the split is the same on every call; the rest stay
+  the training set, in shuffled order, and the test split is untouched.
+
+  Args:
+    dataset: a data set without a validation split.
+    size: how many training images to hold out, at least one per class and
+      fewer than the training images.
+    seed: the split's seed.
+
+  Returns:
+    The data set with `x_val`, `y_val` set and those images out of `x_train`.
+
+  Raises:
+    ValueError: for a data set that has a validation split already, or a
+      `size` out of range.
+  """
+  if dataset.y_val is not None:
+    raise ValueError(f"{dataset.name!r} has a validation split already.")
+  classes = len(np.unique(dataset.y_train))
+  if not classes <= size <= len(dataset.y_train) - classes:
+    raise ValueError(
+        f"`size` must be between {classes} (one image per class) and "
+        f"{len(dataset.y_train) - classes} (leaving one per class to train "
+        f"on), got {size}.")
+  from sklearn.model_selection import train_test_split
+
+  x_train, x_val, y_train, y_val = train_test_split(
+      dataset.x_train, dataset.y_train, test_size=size,
+      stratify=dataset.y_train, random_state=seed)
+  return dataclasses.replace(dataset, x_train=x_train, y_train=y_train,
+                             x_val=x_val, y_val=y_val)
 
 
 def _scaled(x: np.ndarray, top: float) -> np.ndarray:

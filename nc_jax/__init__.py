@@ -8,6 +8,7 @@ them on real data, and elect the best while keeping them diverse.
 from nc_jax._src.campaign import campaign_init as campaign_init
 from nc_jax._src.campaign import campaign_select as campaign_select
 from nc_jax._src.campaign import draw_candidates as draw_candidates
+from nc_jax._src.campaign import random_pick_init as random_pick_init
 from nc_jax._src.lsuv import lsuv_linen as lsuv_linen
 from nc_jax._src.lsuv import lsuv_nnx as lsuv_nnx
 from nc_jax._src.model_campaign import campaign_linen as campaign_linen
@@ -32,5 +33,6 @@ __all__ = [
     "lsuv_linen",
     "lsuv_nnx",
     "neuron_scores",
+    "random_pick_init",
     "select_neurons",
 ]

@@ -10,6 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 from scipy import stats
 
+import nc_jax
 from benchmarks import data
 from benchmarks import mnist_mlp
 
@@ -74,7 +75,10 @@ def test_tfds_missing_is_detected_fast_and_auto_falls_back(tmp_path):
   assert d.x_train.shape == (4000, 784)
 
 
-@pytest.mark.parametrize("model_init", mnist_mlp.INITS)
+# The random-pick controls share the campaign's path through `initialize`;
+# test_init_names_and_options checks one (each costs a compilation).
+@pytest.mark.parametrize("model_init", [i for i in mnist_mlp.INITS
+                                        if not i.endswith("+random")])
 def test_every_initializer_gives_the_mlp_its_shapes(small, model_init):
   params = mnist_mlp.initialize(model_init, "mlp3", jax.random.key(0), small)
   shapes = jax.tree.map(lambda a: a.shape, params)
@@ -85,10 +89,52 @@ def test_every_initializer_gives_the_mlp_its_shapes(small, model_init):
   assert all((params[k]["bias"] == 0).all() for k in params)
 
 
+def test_validation_split_is_stratified_disjoint_and_deterministic():
+  d = data.digits()
+  a, b = data.with_validation(d, 300), data.with_validation(d, 300)
+  np.testing.assert_array_equal(a.x_val, b.x_val)
+  np.testing.assert_array_equal(a.x_train, b.x_train)
+  assert a.x_val.shape == (300, 64) and len(a.y_train) == len(d.y_train) - 300
+  # Disjoint and complete: the two parts are the training set, row for row.
+  rows = lambda x: sorted(map(bytes, x))
+  assert rows(np.concatenate([a.x_train, a.x_val])) == rows(d.x_train)
+  assert set(map(bytes, a.x_val)).isdisjoint(map(bytes, a.x_train))
+  expected = np.bincount(d.y_train) * 300 / len(d.y_train)
+  assert np.abs(np.bincount(a.y_val) - expected).max() <= 1
+  np.testing.assert_array_equal(a.x_test, d.x_test)  # test split untouched
+  assert "1,137 train / 300 validation / 360 test" in a.describe()
+  assert not np.array_equal(data.with_validation(d, 300, seed=1).y_val,
+                            a.y_val)
+  with pytest.raises(ValueError, match="validation split already"):
+    data.with_validation(a, 100)
+  with pytest.raises(ValueError, match="`size` must be between 10"):
+    data.with_validation(d, 5)
+
+
+def test_init_names_and_options(small):
+  assert mnist_mlp.Init("he+campaign", {"alpha": 0.5}).name == (
+      "he+campaign alpha=0.5")
+  assert mnist_mlp.Init("he+random", score_rows=500, labels=False).name == (
+      "he+random rows=500 y=None")
+  with pytest.raises(ValueError, match="takes no campaign options"):
+    mnist_mlp.Init("he", {"alpha": 0.5})
+  with pytest.raises(ValueError, match="unknown initializer 'orthogonal'"):
+    mnist_mlp.Init("orthogonal")
+  key = jax.random.key(0)
+  spec = mnist_mlp.Init("he+random", {"candidates_per_neuron": 2})
+  model = mnist_mlp.MLP((100,), 10, mnist_mlp.BASE_INITS["he"])
+  expected = nc_jax.campaign_linen(model, key, small.x_train, elect="random",
+                                   candidates_per_neuron=2, progress=False)
+  jax.tree.map(np.testing.assert_array_equal,
+               mnist_mlp.initialize(spec, "mlp2", key, small),
+               expected["params"])
+
+
 def test_seeds_train_independently_and_reproducibly(small):
   both = mnist_mlp.train_and_evaluate("mlp2", "he+campaign", small, (0, 1), 2)
   alone = mnist_mlp.train_and_evaluate("mlp2", "he+campaign", small, (1,), 2)
-  for name in mnist_mlp.EPOCH_METRICS:
+  assert set(both.curves) == {"train_loss", "test_error"}  # no validation
+  for name in both.curves:
     assert both.curves[name].shape == (2, 2)
     np.testing.assert_allclose(both.curves[name][1], alone.curves[name][0],
                                rtol=1e-4, atol=1e-4)
@@ -111,6 +157,21 @@ def test_mean_ci_and_paired_comparison():
   assert row["mean_diff"] == pytest.approx(-2.5 / 3)
   assert row["p_value"] == pytest.approx(
       float(stats.ttest_rel([2, 3.5, 4], [3, 4, 5]).pvalue))
+  # With the random-pick control, the campaign is paired with it too.
+  runs.append(mnist_mlp.Run("mlp2", "he+random", (0, 1, 2), np.ones(3),
+                            curves([3.0, 4.0, 5.0])))
+  rows = mnist_mlp.paired_comparisons(runs)
+  assert [r["comparison"] for r in rows] == [
+      "he+campaign - he+random", "he+campaign - he", "he+random - he"]
+  assert np.isnan(rows[2]["p_value"]) and rows[2]["mean_diff"] == 0.0
+  table = mnist_mlp.comparison_table(rows)
+  assert ("| mlp2 | he+campaign - he+random | **-0.83 ± 0.72** (p 0.038, 3/3)"
+          " |") in table  # bold: p < 0.05
+  assert "| mlp2 | he+random - he | 0.00 ± 0.00 (p –, 0/3) |" in table
+  with pytest.raises(ValueError, match="same arch and seeds"):
+    mnist_mlp.paired_difference(
+        runs[1], mnist_mlp.Run("mlp2", "he", (0, 1, 3), np.ones(3),
+                               curves([3.0, 4.0, 5.0])), "min_test_error")
 
 
 def test_main_smoke_writes_table_csv_and_plot(tmp_path, capsys):
@@ -123,8 +184,9 @@ def test_main_smoke_writes_table_csv_and_plot(tmp_path, capsys):
   with open(tmp_path / "mnist_mlp_epochs.csv") as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == len(mnist_mlp.INITS)
-  assert set(rows[0]) == {"arch", "init", "seed", "epoch",
-                          *mnist_mlp.EPOCH_METRICS}
+  assert set(rows[0]) == {"arch", "init", "seed", "epoch", "train_loss",
+                          "test_error"}
+  assert "| mlp2 | he+campaign - he+random |" in text
   assert (tmp_path / "mnist_mlp.png").stat().st_size > 10_000
   assert "digits" in capsys.readouterr().out
 

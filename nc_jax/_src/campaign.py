@@ -75,6 +75,18 @@ def _check_shape(shape: Any) -> tuple[int, int]:
   return int(shape[0]), int(shape[1])
 
 
+def _init_call(shape: Any, num_candidates: int | None, dtype: DTypeLike
+               ) -> tuple[tuple[int, int], int, jnp.dtype]:
+  """Checks an initializer call: the kernel shape, N (default 5 fan_out), dtype."""
+  fan_in, fan_out = _check_shape(shape)
+  n = CANDIDATES_PER_NEURON * fan_out if num_candidates is None else num_candidates
+  _check_num_candidates(n, fan_out)
+  dtype = jnp.dtype(dtype)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f"`dtype` must be a floating dtype, got {dtype}.")
+  return (fan_in, fan_out), int(n), dtype
+
+
 def _check_num_candidates(num_candidates: Any, fan_out: int) -> None:
   if not isinstance(num_candidates, numbers.Integral) or num_candidates < fan_out:
     raise ValueError(
@@ -347,25 +359,94 @@ def campaign_init(
 
   def init(key: jax.Array, shape: tuple[int, ...],
            dtype: DTypeLike = jnp.float32) -> jax.Array:
-    fan_in, fan_out = _check_shape(shape)
+    (fan_in, fan_out), n, dtype = _init_call(shape, num_candidates, dtype)
     if fan_in != x.shape[1]:
       raise ValueError(
           f"`batch` has {x.shape[1]} features but the kernel expects "
           f"fan_in={fan_in}; pass the activations that feed this layer.")
-    n = CANDIDATES_PER_NEURON * fan_out if num_candidates is None else num_candidates
-    _check_num_candidates(n, fan_out)
-    dtype = jnp.dtype(dtype)
-    if not jnp.issubdtype(dtype, jnp.floating):
-      raise TypeError(f"`dtype` must be a floating dtype, got {dtype}.")
     kernel, dropped = _campaign_kernel(
         key, x, first_row, int_labels, alpha, bias, base_init=base_init,
-        shape=(fan_in, fan_out), dtype=dtype, num_candidates=int(n),
+        shape=(fan_in, fan_out), dtype=dtype, num_candidates=n,
         activation=activation, class_balanced=bool(class_balanced),
         num_classes=num_classes,
-        chunk_size=_auto_chunk_size(chunk_size, x.shape[0], int(n),
+        chunk_size=_auto_chunk_size(chunk_size, x.shape[0], n,
                                     _platform(x)),
         row_sharding=row_sharding)
     scores_lib.warn_if_dropped(dropped)
     return kernel
+
+  return init
+
+
+@functools.partial(
+    jax.jit, static_argnames=("base_init", "shape", "dtype", "num_candidates"))
+def _random_pick_kernel(key, *, base_init, shape, dtype, num_candidates):
+  w = draw_candidates(key, base_init, shape, num_candidates, dtype)
+  # A key folded from `key` picks; the candidates above use `key` itself.
+  picked = jax.random.choice(jax.random.fold_in(key, 1), num_candidates,
+                             (shape[1],), replace=False)
+  return w[:, picked]
+
+
+def random_pick_init(
+    *,
+    num_candidates: int | None = None,
+    base_init: Initializer = jax.nn.initializers.he_normal(),
+) -> Initializer:
+  """Builds an initializer that picks a layer's neurons from the campaign's
+  candidates uniformly at random: the control for the election.
+
+  `init(key, shape, dtype)` draws exactly the candidates that
+  `campaign_init(..., num_candidates=num_candidates, base_init=base_init)`
+  draws with the same key (`draw_candidates(key, base_init, shape, N, dtype)`)
+  and returns `fan_out` of them chosen uniformly at random without replacement
+  by `jax.random.choice(jax.random.fold_in(key, 1), N, (fan_out,),
+  replace=False)`, in that order. The choice's key is derived from `key`, so
+  the candidates do not change. Comparing a campaign with this control, key by
+  key, separates the effect of the election from that of the candidate draw.
+  Since the candidates are independent draws of `base_init`'s columns, the
+  picked kernel is distributed like one `base_init` kernel. `init` needs no
+  data, compiles once per shape, dtype and options, and works under `jax.jit`.
+
+  Args:
+    num_candidates: N, candidates drawn per layer; default `5 * fan_out`, as
+      in `campaign_init`.
+    base_init: the initializer candidates are drawn from (He normal by
+      default; `glorot_uniform()` for Xavier candidates).
+
+  Returns:
+    `init(key, shape, dtype=jnp.float32) -> jax.Array`, a kernel of shape
+    `(fan_in, fan_out)`.
+
+  Raises:
+    ValueError, TypeError: here for malformed options, and from `init` for a
+      shape that is not `(fan_in, fan_out)`, N < fan_out or a dtype that is
+      not floating.
+
+  Examples:
+    >>> import jax
+    >>> import nc_jax
+    >>> key = jax.random.key(0)
+    >>> kernel = nc_jax.random_pick_init()(key, (32, 16))
+    >>> kernel.shape, kernel.dtype
+    ((32, 16), dtype('float32'))
+    >>> candidates = nc_jax.draw_candidates(
+    ...     key, jax.nn.initializers.he_normal(), (32, 16), 80)
+    >>> bool((kernel[:, :, None] == candidates[:, None, :]).all(0).any(1).all())
+    True
+  """
+  validation.check_positive_int(num_candidates, "num_candidates",
+                                allow_none=True)
+  if not callable(base_init):
+    raise TypeError(
+        f"`base_init` must be an initializer, got {type(base_init).__name__}; "
+        "pass e.g. `jax.nn.initializers.he_normal()`.")
+
+  def init(key: jax.Array, shape: tuple[int, ...],
+           dtype: DTypeLike = jnp.float32) -> jax.Array:
+    (fan_in, fan_out), n, dtype = _init_call(shape, num_candidates, dtype)
+    return _random_pick_kernel(key, base_init=base_init,
+                               shape=(fan_in, fan_out), dtype=dtype,
+                               num_candidates=n)
 
   return init

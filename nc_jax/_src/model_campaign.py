@@ -126,10 +126,15 @@ def _campaign_rule(key: jax.Array, labels: jax.Array | None,
                    activation: Activations, candidates_per_neuron: int,
                    base_init: campaign.Initializer | None,
                    class_balanced: bool,
-                   chunk_size: int | None) -> traversal.RuleFactory:
+                   chunk_size: int | None,
+                   elect: str) -> traversal.RuleFactory:
   validation.check_positive_int(
       candidates_per_neuron, "candidates_per_neuron",
       hint="candidates drawn per elected neuron; the paper uses 5")
+  if elect not in ELECT:
+    raise ValueError(
+        f"`elect` must be one of {ELECT}, got {elect!r}; \"random\" picks the "
+        "same candidates uniformly at random (the control for the election).")
   if base_init is not None and not callable(base_init):
     raise TypeError(
         f"`base_init` must be an initializer or None, got "
@@ -141,14 +146,18 @@ def _campaign_rule(key: jax.Array, labels: jax.Array | None,
 
     def rule(layer: traversal.Layer) -> jax.Array:
       fan_in, fan_out = layer.kernel.shape
-      init = campaign.campaign_init(
-          layer.inputs.reshape(-1, fan_in), _layer_labels(layer, labels),
-          alpha=alphas[layer.index],
-          num_candidates=candidates_per_neuron * fan_out,
-          base_init=base_init or layer.kernel_init or _NNX_DEFAULT_INIT,
-          activation=activation_of(layer.path), class_balanced=class_balanced,
-          num_classes=num_classes, bias=_bias_value(layer),
-          chunk_size=chunk_size)
+      num_candidates = candidates_per_neuron * fan_out
+      draw_from = base_init or layer.kernel_init or _NNX_DEFAULT_INIT
+      if elect == "random":
+        init = campaign.random_pick_init(num_candidates=num_candidates,
+                                         base_init=draw_from)
+      else:
+        init = campaign.campaign_init(
+            layer.inputs.reshape(-1, fan_in), _layer_labels(layer, labels),
+            alpha=alphas[layer.index], num_candidates=num_candidates,
+            base_init=draw_from, activation=activation_of(layer.path),
+            class_balanced=class_balanced, num_classes=num_classes,
+            bias=_bias_value(layer), chunk_size=chunk_size)
       return init(jax.random.fold_in(key, layer.index), layer.kernel.shape,
                   layer.kernel.dtype)
     return rule
@@ -157,6 +166,8 @@ def _campaign_rule(key: jax.Array, labels: jax.Array | None,
 
 # `nnx.Linear` does not keep its kernel_init; this is its default.
 _NNX_DEFAULT_INIT = nnx.initializers.lecun_normal()
+# How each layer's fan_out neurons are chosen from its candidates.
+ELECT = ("campaign", "random")
 
 _OPTIONS_DOC = """alpha: weight of the input-information criterion per layer: a float for
       every layer, a sequence with one value per layer taking part, or a
@@ -176,6 +187,11 @@ _OPTIONS_DOC = """alpha: weight of the input-information criterion per layer: a 
       paths, or a predicate on the path. The others keep the model's init.
     chunk_size: score each layer's input this many rows at a time (memory
       O(chunk_size * N), see `campaign_init`); None chooses by device.
+    elect: "campaign" (default) elects each layer's neurons by the campaign;
+      "random" is its control: the same layer key draws the same candidates
+      and `random_pick_init` picks fan_out of them uniformly at random
+      (`y`, `alpha`, `activation`, `class_balanced` and `chunk_size` then
+      play no part).
     progress: show a tqdm bar over layers, naming each.
     model_kwargs: keyword arguments for the model's `__call__` (e.g.
       `{"train": False}`)."""
@@ -202,6 +218,7 @@ def campaign_linen(
     num_classes: int | None = None,
     layers: traversal.LayerFilter = None,
     chunk_size: int | None = None,
+    elect: str = "campaign",
     progress: bool = True,
     model_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -250,7 +267,7 @@ def campaign_linen(
   make_rule = _campaign_rule(
       campaign_key, labels, num_classes, alpha=alpha, activation=activation,
       candidates_per_neuron=candidates_per_neuron, base_init=base_init,
-      class_balanced=class_balanced, chunk_size=chunk_size)
+      class_balanced=class_balanced, chunk_size=chunk_size, elect=elect)
   return traversal.walk_linen(model, init_key, x, make_rule, layers=layers,
                               progress=progress, desc="campaign",
                               model_kwargs=model_kwargs)
@@ -271,6 +288,7 @@ def campaign_nnx(
     num_classes: int | None = None,
     layers: traversal.LayerFilter = None,
     chunk_size: int | None = None,
+    elect: str = "campaign",
     progress: bool = True,
     model_kwargs: Mapping[str, Any] | None = None,
 ) -> None:
@@ -314,7 +332,7 @@ def campaign_nnx(
       traversal.as_key(key), labels, num_classes, alpha=alpha,
       activation=activation,
       candidates_per_neuron=candidates_per_neuron, base_init=base_init,
-      class_balanced=class_balanced, chunk_size=chunk_size)
+      class_balanced=class_balanced, chunk_size=chunk_size, elect=elect)
   traversal.walk_nnx(model, x, make_rule, layers=layers, progress=progress,
                      desc="campaign", model_kwargs=model_kwargs)
 
