@@ -87,7 +87,7 @@ def _check_k(k: int, num_candidates: int | None) -> None:
 
 
 class _ElectionConstants(NamedTuple):
-  candidates: jax.Array  # (fan_in, N) W
+  rows: jax.Array  # (N, fan_in) the candidates W_j as rows
   scores: jax.Array  # (N,) unshifted scores, for the exhausted fallback
   shifted: jax.Array  # (N,) scores shifted so the worst is 0 (Step 4 fix)
   norm_sq: jax.Array  # (N,) ||W_j||^2
@@ -112,18 +112,20 @@ def _residuals(state: _ElectionState, vectors: jax.Array,
   Classical Gram-Schmidt applied twice ("twice is enough"), which keeps the
   directions orthonormal to working precision.
   """
-  same = vector_group[:, None] == state.basis_group[None, :]
+  # Products with the candidates or directions in front, `(rows, fan_in) @
+  # (fan_in, few)`, run about twice as fast on CPU as the other way round.
+  same = state.basis_group[:, None] == vector_group[None, :]
   for _ in range(2):
     coefficient = jnp.where(
-        same, validation.exact_matmul(vectors, state.basis.T), 0.0)
-    vectors = vectors - validation.exact_matmul(coefficient, state.basis)
+        same, validation.exact_matmul(state.basis, vectors.T), 0.0)
+    vectors = vectors - validation.exact_matmul(coefficient.T, state.basis)
   return vectors
 
 
 def _exact_residual_sq(consts: _ElectionConstants, state: _ElectionState
                        ) -> jax.Array:
   """Every candidate's ||R_j||^2, recomputed from W and the directions."""
-  residual = _residuals(state, consts.candidates.T, consts.groups)
+  residual = _residuals(state, consts.rows, consts.groups)
   return jnp.sum(residual * residual, axis=1)
 
 
@@ -155,7 +157,7 @@ def _elect_round(consts: _ElectionConstants, state: _ElectionState
   pick = jnp.where(projects, best, fallback)
   num_groups = pick.shape[0]
 
-  residual = _residuals(state, consts.candidates[:, pick].T,
+  residual = _residuals(state, consts.rows[pick],
                         jnp.arange(num_groups))  # (G, fan_in)
   residual_sq = jnp.sum(residual * residual, axis=1)
   spent_pick = residual_sq <= _RESIDUAL_RTOL**2 * consts.norm_sq[pick]
@@ -169,8 +171,9 @@ def _elect_round(consts: _ElectionConstants, state: _ElectionState
   direction = residual * jnp.where(
       projecting, jax.lax.rsqrt(jnp.where(projecting, residual_sq, 1.0)),
       0.0)[:, None]
-  coefficient = jnp.where(consts.member, validation.exact_matmul(
-      direction, consts.candidates), 0.0).sum(axis=0)
+  # Each candidate's coefficient on its own group's new direction.
+  coefficient = jnp.take_along_axis(validation.exact_matmul(
+      consts.rows, direction.T), consts.groups[:, None], axis=1)[:, 0]
   slots = jnp.where(projecting, state.filled + jnp.cumsum(projecting) - 1,
                     state.basis.shape[0])  # out of range: dropped
   new_state = _ElectionState(
@@ -204,7 +207,7 @@ def elect(candidates: jax.Array, scores: jax.Array, groups: jax.Array,
   quotas = _class_quotas(member.sum(axis=1, dtype=jnp.int32), k)
   norm_sq = jnp.sum(w * w, axis=0)
   consts = _ElectionConstants(
-      candidates=w,
+      rows=w.T,
       scores=scores,
       shifted=scores - jnp.minimum(scores.min(), 0),
       norm_sq=norm_sq,
