@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent("""
     xs = jax.device_put(jnp.asarray(x), NamedSharding(mesh, P("data")))
     ys = jax.device_put(jnp.asarray(y), NamedSharding(mesh, P("data")))
     key = jax.random.key(0)
-    sharding = campaign._row_sharding(xs)
+    first_row, sharding = campaign._placement(xs)
     assert sharding == (mesh, "data"), sharding
     for chunk_size in (None, 128):  # local chunks of 128 of each device's 500
       one = nc_jax.campaign_init(x, y, chunk_size=chunk_size)(key, (784, 64))
@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent("""
         sharded = nc_jax.campaign_init(xs, labels, chunk_size=chunk_size)
         np.testing.assert_array_equal(one, sharded(key, (784, 64)))
       hlo = campaign._campaign_kernel.lower(
-          key, xs, campaign._first_row(xs, sharding), ys, jnp.asarray(0.5),
+          key, xs, first_row, ys, jnp.asarray(0.5),
           jnp.asarray(0.0), base_init=jax.nn.initializers.he_normal(),
           shape=(784, 64), dtype=jnp.float32, num_candidates=320,
           activation=jax.nn.relu, class_balanced=True, num_classes=10,
@@ -51,8 +51,8 @@ SCRIPT = textwrap.dedent("""
     model = nn.Sequential([nn.Dense(64), nn.relu, nn.Dense(32), nn.relu,
                            nn.Dense(10)])
     want = nc_jax.campaign_linen(model, key, x, y, progress=False)
-    seen, find = [], campaign._row_sharding
-    campaign._row_sharding = lambda a: seen.append(find(a)) or seen[-1]
+    seen, find = [], campaign._placement
+    campaign._placement = lambda a: seen.append(find(a)[1]) or find(a)
     got = nc_jax.campaign_linen(model, key, xs, y, progress=False)
     assert seen == [(mesh, "data")] * 3, seen
     jax.tree.map(np.testing.assert_array_equal, want, got)

@@ -95,24 +95,34 @@ def _check_num_candidates(num_candidates: Any, fan_out: int) -> None:
         f"{CANDIDATES_PER_NEURON} * fan_out.")
 
 
-@functools.partial(
-    jax.jit, static_argnames=("k", "activation", "class_balanced", "num_classes",
-                              "chunk_size", "row_sharding"))
-def _campaign_select(x, first_row, labels, candidates, alpha, bias, *, k,
+def _campaign_scores(x, first_row, labels, candidates, alpha, bias, *,
                      activation, class_balanced, num_classes, chunk_size,
                      row_sharding):
-  """Steps 1-4 for validated inputs; returns indices and the dropped flags."""
+  """Steps 1-3 for validated inputs: scores, groups and the dropped flags."""
   w = candidates.astype(x.dtype)
   respond = lambda rows: activation(rows @ w + bias.astype(x.dtype))  # Step 1
   moments = scores_lib.response_moments(x, labels, respond, num_classes,
                                         chunk_size, row_sharding, first_row)
   scores, dropped = scores_lib.scores_from_moments(  # Step 2
       moments, alpha, labels is not None)
-  if class_balanced and labels is not None:  # Step 3
-    groups, num_groups = scores_lib.class_groups(moments), num_classes
+  if _num_groups(labels, class_balanced, num_classes) > 1:  # Step 3
+    groups = scores_lib.class_groups(moments)
   else:
-    groups, num_groups = jnp.zeros(w.shape[1], jnp.int32), 1
-  return select_lib.elect(w, scores, groups, num_groups, k), dropped  # Step 4
+    groups = jnp.zeros(w.shape[1], jnp.int32)
+  return scores, groups, dropped
+
+
+def _num_groups(labels: jax.Array | None, class_balanced: bool,
+                num_classes: int) -> int:
+  """G of Step 3: one group per class when balancing by class, else one."""
+  return num_classes if class_balanced and labels is not None else 1
+
+
+# Scoring and election compile separately: the election takes its own
+# compiler options on CPU (`select.compiled_elect`).
+_campaign_select_scores = jax.jit(_campaign_scores, static_argnames=(
+    "activation", "class_balanced", "num_classes", "chunk_size",
+    "row_sharding"))
 
 
 def _check_chunk_size(chunk_size: Any) -> int | None:
@@ -128,13 +138,6 @@ _CPU_CHUNK_ROWS = 2048
 _ACCELERATOR_CHUNK_ELEMENTS = 2**27
 
 
-def _platform(x: jax.Array) -> str:
-  """The platform `x` lives on (the default backend's for a tracer)."""
-  if validation.is_concrete(x) and isinstance(x, jax.Array):
-    return next(iter(x.devices())).platform
-  return jax.default_backend()
-
-
 def _auto_chunk_size(chunk_size: int | None, m: int, num_candidates: int,
                      platform: str) -> int | None:
   """`chunk_size`, or the platform's default for m rows and N candidates."""
@@ -146,25 +149,20 @@ def _auto_chunk_size(chunk_size: int | None, m: int, num_candidates: int,
   return None if rows >= m else rows
 
 
-def _row_sharding(x: jax.Array) -> scores_lib.RowSharding | None:
-  """(mesh, axes) when `x` is split along its rows only over several devices."""
-  if not validation.is_concrete(x) or not isinstance(x, jax.Array):
-    return None
-  sharding = x.sharding
+def _placement(x: jax.Array) -> tuple[jax.Array,
+                                      scores_lib.RowSharding | None]:
+  """`(first_row, row_sharding)`: `x[:1]`, the shift's input, and `(mesh,
+  axes)` when `x` is split along its rows only over several devices, in
+  which case the first row is put on every device."""
+  sharding = x.sharding if (validation.is_concrete(x)
+                            and isinstance(x, jax.Array)) else None
   if (not isinstance(sharding, jax.sharding.NamedSharding)
       or len(sharding.device_set) < 2 or not sharding.spec
       or sharding.spec[0] is None or any(sharding.spec[1:])):
-    return None
-  return sharding.mesh, sharding.spec[0]
-
-
-def _first_row(x: jax.Array, row_sharding: scores_lib.RowSharding | None
-               ) -> jax.Array:
-  """`x[:1]`, the shift's input; on every device when `x` is sharded."""
-  if row_sharding is None:
-    return x[:1]
+    return x[:1], None
   return jax.device_put(x[:1], jax.sharding.NamedSharding(
-      row_sharding[0], jax.sharding.PartitionSpec()))
+      sharding.mesh, jax.sharding.PartitionSpec())), (sharding.mesh,
+                                                      sharding.spec[0])
 
 
 def _check_bias(bias: ArrayLike) -> jax.Array:
@@ -243,15 +241,18 @@ def campaign_select(
         f"`candidates` must have shape (fan_in, N) with fan_in={x.shape[1]} "
         f"(the batch's features), got {candidates.shape}.")
   select_lib._check_k(k, candidates.shape[1])
-  row_sharding = _row_sharding(x)
-  indices, dropped = _campaign_select(
-      x, _first_row(x, row_sharding), labels, candidates,
-      validation.check_alpha(alpha), _check_bias(bias), k=k,
-      activation=activation, class_balanced=bool(class_balanced),
+  first_row, row_sharding = _placement(x)
+  class_balanced = bool(class_balanced)
+  scores, groups, dropped = _campaign_select_scores(
+      x, first_row, labels, candidates, validation.check_alpha(alpha),
+      _check_bias(bias), activation=activation, class_balanced=class_balanced,
       num_classes=num_classes,
       chunk_size=_auto_chunk_size(_check_chunk_size(chunk_size), x.shape[0],
-                                  candidates.shape[1], _platform(x)),
+                                  candidates.shape[1], validation.platform(x)),
       row_sharding=row_sharding)
+  indices = select_lib.compiled_elect(
+      candidates, scores, groups,
+      _num_groups(labels, class_balanced, num_classes), k)
   scores_lib.warn_if_dropped(dropped)
   return indices
 
@@ -263,12 +264,12 @@ def campaign_select(
 def _campaign_kernel(key, x, first_row, labels, alpha, bias, *, base_init,
                      shape, dtype, num_candidates, activation, class_balanced,
                      num_classes, chunk_size, row_sharding):
+  """The candidates, and Steps 1-3 on them."""
   w = draw_candidates(key, base_init, shape, num_candidates, dtype)
-  indices, dropped = _campaign_select(
-      x, first_row, labels, w, alpha, bias, k=shape[1], activation=activation,
+  return w, *_campaign_scores(
+      x, first_row, labels, w, alpha, bias, activation=activation,
       class_balanced=class_balanced, num_classes=num_classes,
       chunk_size=chunk_size, row_sharding=row_sharding)
-  return w[:, indices], dropped  # Step 5: the raw candidate columns
 
 
 def campaign_init(
@@ -348,8 +349,8 @@ def campaign_init(
   alpha = validation.check_alpha(alpha)
   bias = _check_bias(bias)
   chunk_size = _check_chunk_size(chunk_size)
-  row_sharding = _row_sharding(x)
-  first_row = _first_row(x, row_sharding)
+  first_row, row_sharding = _placement(x)
+  class_balanced = bool(class_balanced)
   validation.check_positive_int(num_candidates, "num_candidates",
                                 allow_none=True)
   if not callable(base_init) or not callable(activation):
@@ -364,14 +365,18 @@ def campaign_init(
       raise ValueError(
           f"`batch` has {x.shape[1]} features but the kernel expects "
           f"fan_in={fan_in}; pass the activations that feed this layer.")
-    kernel, dropped = _campaign_kernel(
+    w, scores, groups, dropped = _campaign_kernel(
         key, x, first_row, int_labels, alpha, bias, base_init=base_init,
         shape=(fan_in, fan_out), dtype=dtype, num_candidates=n,
-        activation=activation, class_balanced=bool(class_balanced),
+        activation=activation, class_balanced=class_balanced,
         num_classes=num_classes,
         chunk_size=_auto_chunk_size(chunk_size, x.shape[0], n,
-                                    _platform(x)),
+                                    validation.platform(x)),
         row_sharding=row_sharding)
+    indices = select_lib.compiled_elect(
+        w, scores, groups, _num_groups(int_labels, class_balanced,
+                                       num_classes), fan_out)
+    kernel = w[:, indices]  # Step 5: the raw candidate columns
     scores_lib.warn_if_dropped(dropped)
     return kernel
 

@@ -232,9 +232,24 @@ def elect(candidates: jax.Array, scores: jax.Array, groups: jax.Array,
   return flat[jnp.flatnonzero(flat >= 0, size=k)]
 
 
-@functools.partial(jax.jit, static_argnames=("k", "num_groups"))
-def _select_neurons(candidates, scores, groups, k, num_groups):
-  return elect(candidates, scores, groups, num_groups, k)
+# The election's time on CPU is in its matrix products, library calls at any
+# optimization level; LLVM's optimization of the rest cost a third of its
+# compile time (1.5 s against 1.05 s at 784 -> 100) and gained nothing
+# measurable (benchmarks/init_speed.py). Options apply to a top-level jit only.
+_CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+_elect = jax.jit(elect, static_argnames=("num_groups", "k"))
+_elect_cpu = jax.jit(elect, static_argnames=("num_groups", "k"),
+                     compiler_options=_CPU_COMPILER_OPTIONS)
+
+
+def compiled_elect(candidates: jax.Array, scores: jax.Array,
+                   groups: jax.Array, num_groups: int, k: int) -> jax.Array:
+  """`elect`, compiled on its own: on CPU and outside any trace, with
+  `_CPU_COMPILER_OPTIONS`; inside a trace, inlined into the caller's."""
+  cpu = (validation.is_concrete(scores)
+         and validation.platform(scores) == "cpu")
+  return (_elect_cpu if cpu else _elect)(candidates, scores, groups,
+                                         num_groups=num_groups, k=k)
 
 
 def select_neurons(
@@ -296,7 +311,7 @@ def select_neurons(
     groups, num_groups = jnp.zeros(num_candidates, jnp.int32), 1
   else:
     groups, num_groups = _check_groups(groups, num_candidates, num_groups)
-  return _select_neurons(candidates, scores, groups, k, num_groups)
+  return compiled_elect(candidates, scores, groups, num_groups, k)
 
 
 def _check_groups(groups: ArrayLike, num_candidates: int,

@@ -21,6 +21,13 @@ def is_concrete(x: object) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
+def platform(x: object) -> str:
+  """The platform `x` lives on (the default backend's for a tracer)."""
+  if is_concrete(x) and isinstance(x, jax.Array):
+    return next(iter(x.devices())).platform
+  return jax.default_backend()
+
+
 def compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
   """The dtype statistics are accumulated in: float32, or wider if given wider."""
   if jnp.issubdtype(dtype, jnp.floating):
