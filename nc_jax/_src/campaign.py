@@ -191,7 +191,8 @@ def campaign_select(
   Steps 1-4 of the campaign: responses `z = activation(batch @ candidates +
   bias)`, scores from the two information-bottleneck criteria
   (`neuron_scores`), class-balanced quotas (`class_quotas`) and the greedy
-  null-space election (`select_neurons`), compiled as two functions (scoring; the election).
+  null-space election (`select_neurons`); scoring and election are each one
+  compiled function.
 
   Args:
     batch: inputs to the layer, `(m, fan_in)` or `(m, *dims)`, `m >= 2`.
