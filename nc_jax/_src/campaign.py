@@ -252,7 +252,7 @@ def campaign_select(
                                   candidates.shape[1], validation.platform(x)),
       row_sharding=row_sharding)
   indices = select_lib.compiled_elect(
-      candidates, scores, groups,
+      candidates.astype(x.dtype), scores, groups,
       _num_groups(labels, class_balanced, num_classes), k)
   scores_lib.warn_if_dropped(dropped)
   return indices
@@ -374,9 +374,9 @@ def campaign_init(
         chunk_size=_auto_chunk_size(chunk_size, x.shape[0], n,
                                     validation.platform(x)),
         row_sharding=row_sharding)
-    indices = select_lib.compiled_elect(
-        w, scores, groups, _num_groups(int_labels, class_balanced,
-                                       num_classes), fan_out)
+    indices = select_lib.compiled_elect(  # on the candidates as scored
+        w.astype(x.dtype), scores, groups,
+        _num_groups(int_labels, class_balanced, num_classes), fan_out)
     kernel = w[:, indices]  # Step 5: the raw candidate columns
     scores_lib.warn_if_dropped(dropped)
     return kernel
