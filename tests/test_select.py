@@ -1,5 +1,7 @@
 """Step 4: `select_neurons`, the greedy null-space election."""
 
+from unittest import mock
+
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,7 @@ from hypothesis import given, settings
 
 import nc_jax
 import reference
+from nc_jax._src import select as select_lib
 
 
 def test_diversity_beats_a_slightly_better_redundant_candidate():
@@ -64,6 +67,27 @@ def test_matches_reference(fan_in, n, num_groups, negative, seed, data):
     got = nc_jax.select_neurons(w, scores, k, groups, num_groups=num_groups)
   assert got.tolist() == want
   assert len(set(want)) == k
+
+
+@settings(max_examples=25, deadline=None)
+@given(fan_in=st.integers(1, 12), n=st.integers(1, 30), num_groups=st.integers(1, 4),
+       block=st.integers(1, 4), seed=st.integers(0, 2**16), data=st.data())
+def test_large_election_matches_reference(fan_in, n, num_groups, block, seed,
+                                          data):
+  # Every election taken as large: candidates in the tiled layout, directions
+  # projected off in blocks of `block`.
+  k = data.draw(st.integers(1, n))
+  rng = np.random.default_rng(seed)
+  w = rng.normal(size=(fan_in, n))
+  scores = rng.uniform(-1.0, 1.0, size=n)
+  groups = rng.integers(0, num_groups, size=n)
+  want = reference.elect(w, scores, groups.tolist(), k, num_groups)
+  with mock.patch.object(select_lib, "_LARGE_ELECTION", 0), mock.patch.object(
+      select_lib, "_BASIS_BLOCK", block), jax.enable_x64(True):
+    # A fresh jitted function: traces with the patched constants.
+    got = jax.jit(lambda *a: select_lib.elect(*a, num_groups, k))(
+        w, scores, groups)
+  assert got.tolist() == want
 
 
 def test_jit_and_bfloat16():
