@@ -258,11 +258,11 @@ def _is_large(num_candidates: int, fan_in: int, num_groups: int,
   """Whether an election is large: run-bound rather than compile-bound.
 
   Its rounds (about k / G) each read the `(N, fan_in)` candidates. Measured
-  on 2 CPU cores with fan_in 1,024, N = 5 k and 10 groups, the tiled layout,
-  blocked basis and LLVM's optimizations (see `compiled_elect`) took the
-  election from 9.2 s to 5.2 s at k = 4,096 and from 2.4 s to 1.6 s at
-  k = 2,048, but added 0.76 s to its compile at k = 1,024 (1.05 -> 1.81 s),
-  more than the 0.24 s they saved on its run there.
+  back to back on 2 CPU cores with fan_in 1,024, N = 5 k and 10 groups, the
+  tiled layout, blocked basis and LLVM's optimizations took the election from
+  2.1 s to 1.3 s at k = 2,048 and from 8.6-10.3 s to 5.4-6.1 s at k = 4,096;
+  at k = 1,024 they saved 0.24 s of its run (0.61 -> 0.37 s) but added
+  0.76 s to its compile (1.05 -> 1.81 s).
   """
   return num_candidates * fan_in * -(-k // num_groups) >= _LARGE_ELECTION
 
