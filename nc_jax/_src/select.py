@@ -110,8 +110,8 @@ class _ElectionState(NamedTuple):
   basis: jax.Array  # (B, fan_in) elected unit directions, in election order
   basis_group: jax.Array  # (B,) each direction's group; -1 for unused rows
   filled: jax.Array  # () directions so far
-  residual_sq: jax.Array  # (N,) ||R_j||^2: downdated, refreshed on drift
-  eligible: jax.Array  # (N,) bool, not yet elected
+  residual_sq: jax.Array  # (S,) ||R_j||^2: downdated, refreshed on drift
+  eligible: jax.Array  # (S,) bool, not yet elected
   owed: jax.Array  # (G,) picks each group still owes to its quota
   refreshed: jax.Array  # () bool, residual_sq was just recomputed exactly
 
