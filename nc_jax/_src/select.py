@@ -297,6 +297,8 @@ def elect(candidates: jax.Array, scores: jax.Array, groups: jax.Array,
     block = k
   rows = at_slots(w.T, 0)
   slot_groups = at_slots(groups, num_groups)
+  # From w, not `rows`: summing the transposed rows compiled at -O0 to a
+  # slower reduction (784 -> 256: 36 ms against 24 ms per election).
   norm_sq = at_slots(jnp.sum(w * w, axis=0), 0)
   consts = _ElectionConstants(
       rows=rows,
