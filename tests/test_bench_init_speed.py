@@ -10,7 +10,7 @@ import pytest
 import nc_jax
 from benchmarks import init_speed
 from benchmarks import numpy_port
-from conftest import stratified
+from helpers import stratified
 
 
 @pytest.mark.parametrize("shape", [(64, 8), (784, 8)])

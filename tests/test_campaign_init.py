@@ -11,7 +11,7 @@ from hypothesis import Phase, given, settings
 
 import nc_jax
 from nc_jax._src import campaign
-from conftest import stratified
+from helpers import stratified
 
 HE = jax.nn.initializers.he_normal()
 

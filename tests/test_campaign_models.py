@@ -11,7 +11,7 @@ from flax import nnx
 
 import nc_jax
 import models
-from conftest import stratified
+from helpers import stratified
 
 SIZES = (784, 48, 24, 10)
 # One object each, so that repeated `campaign_init` calls hit the jit cache.

@@ -7,7 +7,7 @@ import numpy as np
 from flax import nnx
 
 import nc_jax
-from conftest import stratified
+from helpers import stratified
 
 
 def test_linen_dense_init_eager_and_jitted(mnist):

@@ -8,7 +8,7 @@ from flax import nnx
 
 import nc_jax
 import models
-from conftest import stratified
+from helpers import stratified
 
 SIZES = (784, 256, 100, 10)  # MLP-3
 

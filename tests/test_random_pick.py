@@ -10,7 +10,7 @@ from flax import nnx
 import nc_jax
 import models
 from nc_jax._src import campaign
-from conftest import stratified
+from helpers import stratified
 
 HE = jax.nn.initializers.he_normal()
 LECUN = nn.initializers.lecun_normal()

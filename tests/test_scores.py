@@ -7,7 +7,7 @@ import pytest
 
 import nc_jax
 import reference
-from conftest import he_candidates, stratified
+from helpers import he_candidates, stratified
 
 # Column 0 constant, column 1 varies only within classes, column 2 only between.
 TOY_Z = np.array([[0., 1., 2.], [0., 3., 2.], [0., 1., 4.], [0., 3., 4.]])

@@ -7,7 +7,7 @@ import pytest
 
 import nc_jax
 import reference
-from conftest import he_candidates, stratified
+from helpers import he_candidates, stratified
 from nc_jax._src import scores as scores_lib
 
 
