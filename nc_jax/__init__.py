@@ -16,8 +16,8 @@ from nc_jax._src.model_campaign import campaign_nnx as campaign_nnx
 from nc_jax._src.model_campaign import linear_alpha as linear_alpha
 from nc_jax._src.scores import CriterionDroppedWarning as CriterionDroppedWarning
 from nc_jax._src.scores import neuron_scores as neuron_scores
-from nc_jax._src.select import class_quotas as class_quotas
-from nc_jax._src.select import select_neurons as select_neurons
+from nc_jax._src.election import class_quotas as class_quotas
+from nc_jax._src.election import select_neurons as select_neurons
 
 __version__ = "0.1.0"
 

@@ -1,7 +1,7 @@
-"""A float64 NumPy reference of ALGORITHM.md, written from the spec with plain loops.
+"""A float64 NumPy reference of docs/algorithm.md, written from it with plain loops.
 
 Deliberately independent of the package: no shared code, no vectorized
-tricks, the formulas as ALGORITHM.md states them.
+tricks, the formulas as docs/algorithm.md states them.
 """
 
 import math

@@ -143,7 +143,7 @@ Y = np.arange(50) % 3
     (X, Y, {"bias": np.zeros(4)}, (6, 4), ValueError, "`bias` must be a scalar"),
     (X[:, 0], Y, {}, (6, 4), ValueError, r"`batch` must have shape \(m, fan_in\)"),
     (X.astype(np.complex64), Y, {}, (6, 4), TypeError, "real numeric array"),
-    (X, Y, {"base_init": None}, (6, 4), TypeError, "must be callables"),
+    (X, Y, {"base_init": None}, (6, 4), TypeError, "`base_init` must be a callable"),
 ])
 def test_bad_input(batch, labels, kwargs, shape, error, match):
   with pytest.raises(error, match=match):

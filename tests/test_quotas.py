@@ -10,7 +10,7 @@ import reference
 
 
 @pytest.mark.parametrize("sizes, k, expected", [
-    ([10, 10, 10], 10, [3, 3, 4]),  # ALGORITHM.md's example
+    ([10, 10, 10], 10, [3, 3, 4]),  # docs/algorithm.md#quotas' example
     ([1, 0, 20, 5], 12, [1, 0, 6, 5]),  # small groups give all their members
     ([4, 4, 4, 4], 6, [1, 1, 2, 2]),  # remainder to the higher ids among equals
     ([2, 9, 3], 14, [2, 9, 3]),  # k == N

@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     import nc_jax
-    from nc_jax._src import campaign
+    from nc_jax._src import campaign, placement, scores
     from benchmarks import data
 
     assert len(jax.devices()) == 4, jax.devices()
@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent("""
     xs = jax.device_put(jnp.asarray(x), NamedSharding(mesh, P("data")))
     ys = jax.device_put(jnp.asarray(y), NamedSharding(mesh, P("data")))
     key = jax.random.key(0)
-    first_row, sharding = campaign._placement(xs)
+    first_row, sharding = placement.placement(xs)
     assert sharding == (mesh, "data"), sharding
     for chunk_size in (None, 128):  # local chunks of 128 of each device's 500
       one = nc_jax.campaign_init(x, y, chunk_size=chunk_size)(key, (784, 64))
@@ -36,8 +36,10 @@ SCRIPT = textwrap.dedent("""
           key, xs, first_row, ys, jnp.asarray(0.5),
           jnp.asarray(0.0), base_init=jax.nn.initializers.he_normal(),
           shape=(784, 64), dtype=jnp.float32, num_candidates=320,
-          activation=jax.nn.relu, class_balanced=True, num_classes=10,
-          chunk_size=chunk_size, row_sharding=sharding).compile().as_text()
+          options=scores.ScoringOptions(
+              activation=jax.nn.relu, class_balanced=True, num_classes=10,
+              chunk_size=chunk_size, row_sharding=sharding),
+          ).compile().as_text()
       collectives = re.findall(
           r"= (\\S+) (all-gather|all-reduce|all-to-all|reduce-scatter|"
           r"collective-permute|collective-broadcast)(?:-start)?\\(", hlo)
@@ -51,8 +53,8 @@ SCRIPT = textwrap.dedent("""
     model = nn.Sequential([nn.Dense(64), nn.relu, nn.Dense(32), nn.relu,
                            nn.Dense(10)])
     want = nc_jax.campaign_linen(model, key, x, y, progress=False)
-    seen, find = [], campaign._placement
-    campaign._placement = lambda a: seen.append(find(a)[1]) or find(a)
+    seen, find = [], placement.placement
+    placement.placement = lambda a: seen.append(find(a)[1]) or find(a)
     got = nc_jax.campaign_linen(model, key, xs, y, progress=False)
     assert seen == [(mesh, "data")] * 3, seen
     jax.tree.map(np.testing.assert_array_equal, want, got)

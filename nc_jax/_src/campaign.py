@@ -1,23 +1,29 @@
-"""The Neuron Campaign end to end: draw candidates, score them, elect, gather."""
+"""The initializer factories: draw candidates, score them, elect, gather.
+
+A factory checks its input (`validation`), places it (`placement`), calls one
+scoring function (`scores.campaign_scores`) and then the election
+(`election.elect_compiled`): one stop each.
+"""
 
 from __future__ import annotations
 
 import functools
 import numbers
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 
+from nc_jax._src import election
+from nc_jax._src import placement
 from nc_jax._src import scores as scores_lib
-from nc_jax._src import select as select_lib
 from nc_jax._src import validation
+from nc_jax._src.types import Activation
+from nc_jax._src.types import Initializer
 
-Initializer = Callable[..., jax.Array]
-Activation = Callable[[jax.Array], jax.Array]
-
-# Published experiments draw five candidates per neuron (ALGORITHM.md, Notation).
+# Published experiments draw five candidates per neuron
+# (docs/algorithm.md#notation).
 CANDIDATES_PER_NEURON = 5
 
 
@@ -95,82 +101,25 @@ def _check_num_candidates(num_candidates: Any, fan_out: int) -> None:
         f"{CANDIDATES_PER_NEURON} * fan_out.")
 
 
-def _campaign_scores(x, first_row, labels, candidates, alpha, bias, *,
-                     activation, class_balanced, num_classes, chunk_size,
-                     row_sharding):
-  """Steps 1-3 for validated inputs: scores, groups and the dropped flags."""
-  w = candidates.astype(x.dtype)
-  respond = lambda rows: activation(rows @ w + bias.astype(x.dtype))  # Step 1
-  moments = scores_lib.response_moments(x, labels, respond, num_classes,
-                                        chunk_size, row_sharding, first_row)
-  scores, dropped = scores_lib.scores_from_moments(  # Step 2
-      moments, alpha, labels is not None)
-  if _num_groups(labels, class_balanced, num_classes) > 1:  # Step 3
-    groups = scores_lib.class_groups(moments)
-  else:
-    groups = jnp.zeros(w.shape[1], jnp.int32)
-  return scores, groups, dropped
-
-
-def _num_groups(labels: jax.Array | None, class_balanced: bool,
-                num_classes: int) -> int:
-  """G of Step 3: one group per class when balancing by class, else one."""
-  return num_classes if class_balanced and labels is not None else 1
+def _options(x: jax.Array, num_candidates: int,
+             row_sharding: placement.RowSharding | None, *,
+             activation: Activation, class_balanced: bool,
+             num_classes: int | None, chunk_size: int | None
+             ) -> scores_lib.ScoringOptions:
+  """The static scoring options for N candidates on the placed batch `x`."""
+  return scores_lib.ScoringOptions(
+      activation=activation, class_balanced=bool(class_balanced),
+      num_classes=num_classes,
+      chunk_size=placement.auto_chunk_size(chunk_size, x.shape[0],
+                                           num_candidates,
+                                           placement.platform(x)),
+      row_sharding=row_sharding)
 
 
 # Scoring and election compile separately: the election takes its own
-# compiler options on CPU (`select.compiled_elect`).
-_campaign_select_scores = jax.jit(_campaign_scores, static_argnames=(
-    "activation", "class_balanced", "num_classes", "chunk_size",
-    "row_sharding"))
-
-
-def _check_chunk_size(chunk_size: Any) -> int | None:
-  return validation.check_positive_int(
-      chunk_size, "chunk_size", allow_none=True,
-      hint="the rows scored at a time, or None to choose by device")
-
-
-# Rows scored at a time when `chunk_size=None`. On CPU, responses that stay
-# in cache beat one big product (benchmarks/init_speed.py measures this);
-# accelerators take the whole batch up to a bound on the responses' memory.
-_CPU_CHUNK_ROWS = 2048
-_ACCELERATOR_CHUNK_ELEMENTS = 2**27
-
-
-def _auto_chunk_size(chunk_size: int | None, m: int, num_candidates: int,
-                     platform: str) -> int | None:
-  """`chunk_size`, or the platform's default for m rows and N candidates."""
-  if chunk_size is not None:
-    return chunk_size
-  if platform == "cpu":
-    return _CPU_CHUNK_ROWS
-  rows = max(1, _ACCELERATOR_CHUNK_ELEMENTS // num_candidates)
-  return None if rows >= m else rows
-
-
-def _placement(x: jax.Array) -> tuple[jax.Array,
-                                      scores_lib.RowSharding | None]:
-  """`(first_row, row_sharding)`: `x[:1]`, the shift's input, and `(mesh,
-  axes)` when `x` is split along its rows only over several devices, in
-  which case the first row is put on every device."""
-  sharding = x.sharding if (validation.is_concrete(x)
-                            and isinstance(x, jax.Array)) else None
-  if (not isinstance(sharding, jax.sharding.NamedSharding)
-      or len(sharding.device_set) < 2 or not sharding.spec
-      or sharding.spec[0] is None or any(sharding.spec[1:])):
-    return x[:1], None
-  return jax.device_put(x[:1], jax.sharding.NamedSharding(
-      sharding.mesh, jax.sharding.PartitionSpec())), (sharding.mesh,
-                                                      sharding.spec[0])
-
-
-def _check_bias(bias: ArrayLike) -> jax.Array:
-  if jnp.ndim(bias) != 0:
-    raise ValueError(
-        "`bias` must be a scalar (the value every neuron's bias starts at), "
-        f"got shape {jnp.shape(bias)}.")
-  return jnp.asarray(bias)
+# compiler options on CPU (`election.elect_compiled`).
+_campaign_scores = jax.jit(scores_lib.campaign_scores,
+                           static_argnames=("options",))
 
 
 def campaign_select(
@@ -241,36 +190,31 @@ def campaign_select(
     raise ValueError(
         f"`candidates` must have shape (fan_in, N) with fan_in={x.shape[1]} "
         f"(the batch's features), got {candidates.shape}.")
-  select_lib._check_k(k, candidates.shape[1])
-  first_row, row_sharding = _placement(x)
-  class_balanced = bool(class_balanced)
-  scores, groups, dropped = _campaign_select_scores(
-      x, first_row, labels, candidates, validation.check_alpha(alpha),
-      _check_bias(bias), activation=activation, class_balanced=class_balanced,
-      num_classes=num_classes,
-      chunk_size=_auto_chunk_size(_check_chunk_size(chunk_size), x.shape[0],
-                                  candidates.shape[1], validation.platform(x)),
-      row_sharding=row_sharding)
-  indices = select_lib.compiled_elect(
-      candidates.astype(x.dtype), scores, groups,
-      _num_groups(labels, class_balanced, num_classes), k)
+  k = validation.check_k(k, candidates.shape[1])
+  validation.check_callables(activation=activation)
+  alpha = validation.check_alpha(alpha)
+  bias = validation.check_bias(bias)
+  chunk_size = validation.check_chunk_size(chunk_size)
+  first_row, row_sharding = placement.placement(x)
+  options = _options(x, candidates.shape[1], row_sharding,
+                     activation=activation, class_balanced=class_balanced,
+                     num_classes=num_classes, chunk_size=chunk_size)
+  scores, groups, dropped = _campaign_scores(
+      x, first_row, labels, candidates, alpha, bias, options)
   scores_lib.warn_if_dropped(dropped)
-  return indices
+  return election.elect_compiled(candidates.astype(x.dtype), scores, groups,
+                                 options.num_groups, k)
 
 
 @functools.partial(
     jax.jit, static_argnames=("base_init", "shape", "dtype", "num_candidates",
-                              "activation", "class_balanced", "num_classes",
-                              "chunk_size", "row_sharding"))
+                              "options"))
 def _campaign_kernel(key, x, first_row, labels, alpha, bias, *, base_init,
-                     shape, dtype, num_candidates, activation, class_balanced,
-                     num_classes, chunk_size, row_sharding):
+                     shape, dtype, num_candidates, options):
   """The candidates, and Steps 1-3 on them."""
   w = draw_candidates(key, base_init, shape, num_candidates, dtype)
-  return w, *_campaign_scores(
-      x, first_row, labels, w, alpha, bias, activation=activation,
-      class_balanced=class_balanced, num_classes=num_classes,
-      chunk_size=chunk_size, row_sharding=row_sharding)
+  return w, *scores_lib.campaign_scores(x, first_row, labels, w, alpha, bias,
+                                        options)
 
 
 def campaign_init(
@@ -348,16 +292,12 @@ def campaign_init(
   int_labels, num_classes = validation.as_int_labels(labels, x.shape[0],
                                                      num_classes)
   alpha = validation.check_alpha(alpha)
-  bias = _check_bias(bias)
-  chunk_size = _check_chunk_size(chunk_size)
-  first_row, row_sharding = _placement(x)
-  class_balanced = bool(class_balanced)
+  bias = validation.check_bias(bias)
+  chunk_size = validation.check_chunk_size(chunk_size)
   validation.check_positive_int(num_candidates, "num_candidates",
                                 allow_none=True)
-  if not callable(base_init) or not callable(activation):
-    raise TypeError(
-        "`base_init` and `activation` must be callables, got "
-        f"{type(base_init).__name__} and {type(activation).__name__}.")
+  validation.check_callables(base_init=base_init, activation=activation)
+  first_row, row_sharding = placement.placement(x)
 
   def init(key: jax.Array, shape: tuple[int, ...],
            dtype: DTypeLike = jnp.float32) -> jax.Array:
@@ -366,20 +306,17 @@ def campaign_init(
       raise ValueError(
           f"`batch` has {x.shape[1]} features but the kernel expects "
           f"fan_in={fan_in}; pass the activations that feed this layer.")
+    options = _options(x, n, row_sharding, activation=activation,
+                       class_balanced=class_balanced, num_classes=num_classes,
+                       chunk_size=chunk_size)
     w, scores, groups, dropped = _campaign_kernel(
         key, x, first_row, int_labels, alpha, bias, base_init=base_init,
         shape=(fan_in, fan_out), dtype=dtype, num_candidates=n,
-        activation=activation, class_balanced=class_balanced,
-        num_classes=num_classes,
-        chunk_size=_auto_chunk_size(chunk_size, x.shape[0], n,
-                                    validation.platform(x)),
-        row_sharding=row_sharding)
-    indices = select_lib.compiled_elect(  # on the candidates as scored
-        w.astype(x.dtype), scores, groups,
-        _num_groups(int_labels, class_balanced, num_classes), fan_out)
-    kernel = w[:, indices]  # Step 5: the raw candidate columns
+        options=options)
     scores_lib.warn_if_dropped(dropped)
-    return kernel
+    indices = election.elect_compiled(  # on the candidates as scored
+        w.astype(x.dtype), scores, groups, options.num_groups, fan_out)
+    return w[:, indices]  # Step 5: the raw candidate columns
 
   return init
 
@@ -443,10 +380,7 @@ def random_pick_init(
   """
   validation.check_positive_int(num_candidates, "num_candidates",
                                 allow_none=True)
-  if not callable(base_init):
-    raise TypeError(
-        f"`base_init` must be an initializer, got {type(base_init).__name__}; "
-        "pass e.g. `jax.nn.initializers.he_normal()`.")
+  validation.check_callables(base_init=base_init)
 
   def init(key: jax.Array, shape: tuple[int, ...],
            dtype: DTypeLike = jnp.float32) -> jax.Array:

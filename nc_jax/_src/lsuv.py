@@ -102,7 +102,7 @@ def lsuv_linen(
     Mishkin & Matas, "All you need is a good init", ICLR 2016,
     https://arxiv.org/abs/1511.06422.
   """
-  x, _, _ = traversal.check_batch(x, None, None)
+  x, _, _ = validation.check_model_batch(x, None, None)
   init_key, lsuv_key = jax.random.split(key)
   return traversal.walk_linen(model, init_key, x,
                               _lsuv_rule(lsuv_key, tol, max_iters),
@@ -157,8 +157,8 @@ def lsuv_nnx(
     Mishkin & Matas, "All you need is a good init", ICLR 2016,
     https://arxiv.org/abs/1511.06422.
   """
-  x, _, _ = traversal.check_batch(x, None, None)
-  traversal.walk_nnx(model, x, _lsuv_rule(traversal.as_key(key), tol,
+  x, _, _ = validation.check_model_batch(x, None, None)
+  traversal.walk_nnx(model, x, _lsuv_rule(validation.as_key(key), tol,
                                           max_iters),
                      layers=layers, progress=progress, desc="LSUV",
                      model_kwargs=model_kwargs)

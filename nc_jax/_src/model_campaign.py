@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any, Literal, Union, get_args
 
 import flax.linen as nn
 import jax
@@ -16,8 +16,11 @@ from jax.typing import ArrayLike
 from nc_jax._src import campaign
 from nc_jax._src import traversal
 from nc_jax._src import validation
+from nc_jax._src.types import Activation
+from nc_jax._src.types import Initializer
 
-Activation = Callable[[jax.Array], jax.Array]
+# How each layer's fan_out neurons are chosen from its candidates.
+Elect = Literal["campaign", "random"]
 AlphaSchedule = Union[float, Sequence[float], Callable[[int, int], float], None]
 Activations = Union[Mapping[str, Activation], Callable[[str], Activation], None]
 
@@ -26,7 +29,7 @@ def linear_alpha(index: int, count: int) -> float:
   """The default alpha schedule: 1 at the first layer, falling to 0 at the last.
 
   The published MNIST setting for two layers is alpha = [1, 0]
-  (ALGORITHM.md, Notation); a single layer gets 1.
+  (docs/algorithm.md#notation); a single layer gets 1.
 
   Examples:
     >>> import nc_jax
@@ -94,7 +97,7 @@ def _identity(z: jax.Array) -> jax.Array:
 
 
 def _bias_value(layer: traversal.Layer) -> float:
-  """The campaign scores with one bias for all neurons (ALGORITHM.md, `b`)."""
+  """The campaign scores with one bias for all neurons (docs/algorithm.md#notation)."""
   if layer.bias is None:
     return 0.0
   flat = np.asarray(layer.bias, np.float64).reshape(-1)
@@ -124,21 +127,20 @@ def _layer_labels(layer: traversal.Layer, labels: jax.Array | None
 def _campaign_rule(key: jax.Array, labels: jax.Array | None,
                    num_classes: int | None, *, alpha: AlphaSchedule,
                    activation: Activations, candidates_per_neuron: int,
-                   base_init: campaign.Initializer | None,
+                   base_init: Initializer | None,
                    class_balanced: bool,
                    chunk_size: int | None,
-                   elect: str) -> traversal.RuleFactory:
+                   elect: Elect) -> traversal.RuleFactory:
   validation.check_positive_int(
       candidates_per_neuron, "candidates_per_neuron",
       hint="candidates drawn per elected neuron; the paper uses 5")
-  if elect not in ELECT:
+  if elect not in get_args(Elect):
     raise ValueError(
-        f"`elect` must be one of {ELECT}, got {elect!r}; \"random\" picks the "
-        "same candidates uniformly at random (the control for the election).")
-  if base_init is not None and not callable(base_init):
-    raise TypeError(
-        f"`base_init` must be an initializer or None, got "
-        f"{type(base_init).__name__}.")
+        f"`elect` must be one of {get_args(Elect)}, got {elect!r}; "
+        "\"random\" picks the same candidates uniformly at random (the "
+        "control for the election).")
+  if base_init is not None:
+    validation.check_callables(base_init=base_init)
 
   def make_rule(plan: traversal.Plan) -> traversal.Rule:
     alphas = _alphas(alpha, len(plan.paths))
@@ -166,10 +168,42 @@ def _campaign_rule(key: jax.Array, labels: jax.Array | None,
 
 # `nnx.Linear` does not keep its kernel_init; this is its default.
 _NNX_DEFAULT_INIT = nnx.initializers.lecun_normal()
-# How each layer's fan_out neurons are chosen from its candidates.
-ELECT = ("campaign", "random")
 
-_OPTIONS_DOC = """alpha: weight of the input-information criterion per layer: a float for
+def campaign_linen(
+    model: nn.Module,
+    key: jax.Array,
+    x: ArrayLike,
+    y: ArrayLike | None = None,
+    *,
+    alpha: AlphaSchedule = None,
+    activation: Activations = None,
+    candidates_per_neuron: int = campaign.CANDIDATES_PER_NEURON,
+    base_init: Initializer | None = None,
+    class_balanced: bool = True,
+    num_classes: int | None = None,
+    layers: traversal.LayerFilter = None,
+    chunk_size: int | None = None,
+    elect: Elect = "campaign",
+    progress: bool = True,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+  """Initializes a flax.linen model with every dense kernel elected by a campaign.
+
+  `init_key, campaign_key = jax.random.split(key)`; `model.init(init_key, x[:2])`
+  gives every variable its own init, then one forward pass of `x` visits the
+  `Dense` layers in call order. Layer `i` (counting the layers taking part)
+  gets `campaign_init(inputs_i, y, ...)(jax.random.fold_in(campaign_key, i),
+  shape, dtype)`, where `inputs_i` is its input in that pass, produced by the
+  layers already elected (docs/algorithm.md#whole-models). Dropout is off
+  during the pass. A layer whose input has extra axes `(m, ..., fan_in)` is
+  scored on every position, each with its example's label.
+
+  Args:
+    model: a flax.linen module.
+    key: a PRNG key.
+    x: the batch the campaign is scored on, as the model's `__call__` takes it.
+    y: int class ids `(m,)`, one-hot `(m, C)`, or None (unsupervised campaign).
+    alpha: weight of the input-information criterion per layer: a float for
       every layer, a sequence with one value per layer taking part, or a
       schedule `(index, count) -> alpha`. Default `linear_alpha`: 1 at the
       first layer falling linearly to 0 at the last.
@@ -194,51 +228,8 @@ _OPTIONS_DOC = """alpha: weight of the input-information criterion per layer: a 
       play no part).
     progress: show a tqdm bar over layers, naming each.
     model_kwargs: keyword arguments for the model's `__call__` (e.g.
-      `{"train": False}`)."""
+      `{"train": False}`).
 
-
-def _with_options_doc(fn):
-  """Fills the shared options into a whole-model function's docstring."""
-  fn.__doc__ = fn.__doc__.replace("{options}", _OPTIONS_DOC)
-  return fn
-
-
-@_with_options_doc
-def campaign_linen(
-    model: nn.Module,
-    key: jax.Array,
-    x: ArrayLike,
-    y: ArrayLike | None = None,
-    *,
-    alpha: AlphaSchedule = None,
-    activation: Activations = None,
-    candidates_per_neuron: int = campaign.CANDIDATES_PER_NEURON,
-    base_init: campaign.Initializer | None = None,
-    class_balanced: bool = True,
-    num_classes: int | None = None,
-    layers: traversal.LayerFilter = None,
-    chunk_size: int | None = None,
-    elect: str = "campaign",
-    progress: bool = True,
-    model_kwargs: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-  """Initializes a flax.linen model with every dense kernel elected by a campaign.
-
-  `init_key, campaign_key = jax.random.split(key)`; `model.init(init_key, x[:2])`
-  gives every variable its own init, then one forward pass of `x` visits the
-  `Dense` layers in call order. Layer `i` (counting the layers taking part)
-  gets `campaign_init(inputs_i, y, ...)(jax.random.fold_in(campaign_key, i),
-  shape, dtype)`, where `inputs_i` is its input in that pass, produced by the
-  layers already elected (ALGORITHM.md, Idea). Dropout is off during the pass.
-  A layer whose input has extra axes `(m, ..., fan_in)` is scored on every
-  position, each with its example's label.
-
-  Args:
-    model: a flax.linen module.
-    key: a PRNG key.
-    x: the batch the campaign is scored on, as the model's `__call__` takes it.
-    y: int class ids `(m,)`, one-hot `(m, C)`, or None (unsupervised campaign).
-    {options}
   Returns:
     The variables, as `model.init` returns them, with the elected kernels.
 
@@ -262,7 +253,7 @@ def campaign_linen(
     Mao et al., "Neuron Campaign for Initialization Guided by Information
     Bottleneck Theory", CIKM 2021, https://arxiv.org/abs/2108.06530.
   """
-  x, labels, num_classes = traversal.check_batch(x, y, num_classes)
+  x, labels, num_classes = validation.check_model_batch(x, y, num_classes)
   init_key, campaign_key = jax.random.split(key)
   make_rule = _campaign_rule(
       campaign_key, labels, num_classes, alpha=alpha, activation=activation,
@@ -273,7 +264,6 @@ def campaign_linen(
                               model_kwargs=model_kwargs)
 
 
-@_with_options_doc
 def campaign_nnx(
     model: nnx.Module,
     x: ArrayLike,
@@ -283,12 +273,12 @@ def campaign_nnx(
     alpha: AlphaSchedule = None,
     activation: Activations = None,
     candidates_per_neuron: int = campaign.CANDIDATES_PER_NEURON,
-    base_init: campaign.Initializer | None = None,
+    base_init: Initializer | None = None,
     class_balanced: bool = True,
     num_classes: int | None = None,
     layers: traversal.LayerFilter = None,
     chunk_size: int | None = None,
-    elect: str = "campaign",
+    elect: Elect = "campaign",
     progress: bool = True,
     model_kwargs: Mapping[str, Any] | None = None,
 ) -> None:
@@ -306,7 +296,33 @@ def campaign_nnx(
     x: the batch the campaign is scored on, as the model's `__call__` takes it.
     y: int class ids `(m,)`, one-hot `(m, C)`, or None (unsupervised campaign).
     key: a PRNG key or an int seed for the candidates.
-    {options}
+    alpha: weight of the input-information criterion per layer: a float for
+      every layer, a sequence with one value per layer taking part, or a
+      schedule `(index, count) -> alpha`. Default `linear_alpha`: 1 at the
+      first layer falling linearly to 0 at the last.
+    activation: the activation that follows each layer: a mapping from layer
+      path to activation (unlisted layers keep the default) or a function of
+      the path. Default: ReLU, and identity for the last dense layer the
+      forward pass calls.
+    candidates_per_neuron: candidates drawn per neuron (N = this * fan_out).
+    base_init: the initializer candidates are drawn from; default the layer's
+      own `kernel_init` (linen) or `lecun_normal`, `nnx.Linear`'s default
+      (nnx does not record a layer's kernel_init: pass it if yours differ).
+    class_balanced: split each layer's neurons over the classes (Step 3).
+    num_classes: C; inferred from `y` when left out.
+    layers: which dense layers take part: None (all), a collection of layer
+      paths, or a predicate on the path. The others keep the model's init.
+    chunk_size: score each layer's input this many rows at a time (memory
+      O(chunk_size * N), see `campaign_init`); None chooses by device.
+    elect: "campaign" (default) elects each layer's neurons by the campaign;
+      "random" is its control: the same layer key draws the same candidates
+      and `random_pick_init` picks fan_out of them uniformly at random
+      (`y`, `alpha`, `activation`, `class_balanced` and `chunk_size` then
+      play no part).
+    progress: show a tqdm bar over layers, naming each.
+    model_kwargs: keyword arguments for the model's `__call__` (e.g.
+      `{"train": False}`).
+
   Raises:
     ValueError, TypeError: for a model without dense layers, an `x` the model
       cannot take, `y` of another length than `x`, or malformed options.
@@ -327,9 +343,9 @@ def campaign_nnx(
     Mao et al., "Neuron Campaign for Initialization Guided by Information
     Bottleneck Theory", CIKM 2021, https://arxiv.org/abs/2108.06530.
   """
-  x, labels, num_classes = traversal.check_batch(x, y, num_classes)
+  x, labels, num_classes = validation.check_model_batch(x, y, num_classes)
   make_rule = _campaign_rule(
-      traversal.as_key(key), labels, num_classes, alpha=alpha,
+      validation.as_key(key), labels, num_classes, alpha=alpha,
       activation=activation,
       candidates_per_neuron=candidates_per_neuron, base_init=base_init,
       class_balanced=class_balanced, chunk_size=chunk_size, elect=elect)

@@ -1,27 +1,32 @@
-"""Step 2 of ALGORITHM.md: the two information-bottleneck criteria per neuron.
+"""Steps 1-3 of the campaign: responses, the two criteria, the class groups.
 
 All statistics are reduced to per-class sums of the candidates' shifted
 responses (count, sum, sum of squares), which add up over row chunks and
-devices, then to per-class moments; both criteria and the class groups of
-Step 3 are read off those moments.
+devices, then to per-class moments; both criteria (docs/algorithm.md,
+#step-2-scores) and the class groups of #step-3-class-quotas are read off
+those moments. `campaign_scores` is the one entry point for a layer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from nc_jax._src import placement
 from nc_jax._src import validation
+from nc_jax._src.types import Activation
 
-# A norm at most this fraction of the responses' scale counts as zero (Step 2
-# fix): rounding leaves ~1e-7 relative residue where the exact value is 0.
+# A norm at most this fraction of the responses' scale counts as zero
+# (docs/algorithm.md#tolerances): rounding leaves ~1e-7 relative residue where
+# the exact value is 0.
 _ZERO_RTOL = 1e-5
 
 
@@ -55,7 +60,10 @@ class ClassSums(NamedTuple):
 
 
 class Dropped(NamedTuple):
-  """Which criteria dropped out of the score (Step 2 fix), as bool scalars."""
+  """Which criteria dropped out of the score, as bool scalars.
+
+  docs/algorithm.md#defects-of-the-published-code-and-our-fixes.
+  """
 
   input_info: jax.Array  # every candidate's response is constant
   label_info: jax.Array  # labels given, but fewer than two classes present
@@ -73,8 +81,8 @@ def class_sums(z: jax.Array, labels: jax.Array | None, num_classes: int,
     onehot = jnp.ones((z.shape[0], 1), z.dtype)
   else:
     onehot = jax.nn.one_hot(labels, num_classes, dtype=z.dtype)
-  return ClassSums(onehot.sum(axis=0), validation.exact_matmul(onehot.T, d),
-                   validation.exact_matmul(onehot.T, d * d))
+  return ClassSums(onehot.sum(axis=0), placement.exact_matmul(onehot.T, d),
+                   placement.exact_matmul(onehot.T, d * d))
 
 
 def moments_from_sums(sums: ClassSums, shift: jax.Array) -> ClassMoments:
@@ -125,14 +133,11 @@ def _response_sums(
   return jax.lax.scan(step, zero, starts)[0]
 
 
-RowSharding = tuple[jax.sharding.Mesh, Any]
-
-
 def response_moments(
     x: jax.Array, labels: jax.Array | None,
     respond: Callable[[jax.Array], jax.Array], num_classes: int | None,
     chunk_size: int | None = None,
-    row_sharding: RowSharding | None = None,
+    row_sharding: placement.RowSharding | None = None,
     first_row: jax.Array | None = None,
 ) -> ClassMoments:
   """Class moments of `respond(x)`: one pass, streamed and sharded if asked.
@@ -177,7 +182,10 @@ def _unit(v: jax.Array, atol: jax.Array) -> tuple[jax.Array, jax.Array]:
 def scores_from_moments(
     moments: ClassMoments, alpha: jax.Array, has_labels: bool
 ) -> tuple[jax.Array, Dropped]:
-  """Step 2: `alpha * div + (1 - alpha) * acc` per candidate, NaN-free."""
+  """`alpha * div + (1 - alpha) * acc` per candidate, NaN-free.
+
+  docs/algorithm.md#step-2-scores; a criterion whose norm is zero is zero.
+  """
   count, mean, m2, shift = moments
   m = count.sum()
   weights = count[:, None]
@@ -212,7 +220,9 @@ def scores_from_moments(
 
 
 def class_groups(moments: ClassMoments) -> jax.Array:
-  """Step 3: each candidate's class, the one with its highest mean response.
+  """Each candidate's class, the one with its highest mean response.
+
+  docs/algorithm.md#step-3-class-quotas.
 
   Only classes present in the batch compete; ties go to the lowest class id.
   """
@@ -221,9 +231,70 @@ def class_groups(moments: ClassMoments) -> jax.Array:
                     axis=0).astype(jnp.int32)
 
 
+@dataclasses.dataclass(frozen=True)
+class ScoringOptions:
+  """What scores a layer's candidates besides the data, as one static record.
+
+  Hashable, so it is one static argument of the compiled scoring.
+
+  Attributes:
+    activation: the activation that follows the layer.
+    class_balanced: one group per class (Step 3), or a single group.
+    num_classes: C, or None without labels.
+    chunk_size: rows scored at a time, or None for the whole batch at once.
+    row_sharding: `(mesh, axes)` of a batch split along its rows, or None.
+  """
+  activation: Activation
+  class_balanced: bool
+  num_classes: int | None
+  chunk_size: int | None
+  row_sharding: placement.RowSharding | None
+
+  @property
+  def num_groups(self) -> int:
+    """G of Step 3: one group per class when balancing by class, else one."""
+    return (self.num_classes
+            if self.class_balanced and self.num_classes is not None else 1)
+
+
+def campaign_scores(
+    x: jax.Array, first_row: jax.Array, labels: jax.Array | None,
+    candidates: jax.Array, alpha: jax.Array, bias: jax.Array,
+    options: ScoringOptions,
+) -> tuple[jax.Array, jax.Array, Dropped]:
+  """Steps 1-3 for one layer: each candidate's score and group, and which
+  criteria dropped out.
+
+  Args:
+    x: the layer's validated batch, `(m, fan_in)`.
+    first_row: `x[:1]`, placed as `placement.placement` returns it.
+    labels: int32 class ids `(m,)`, or None.
+    candidates: `(fan_in, N)`, cast to the batch's dtype before scoring.
+    alpha: the weight of the input-information criterion.
+    bias: the scalar bias of the layer.
+    options: the static rest.
+
+  Returns:
+    `(scores, groups, dropped)`: `(N,)` scores, `(N,)` int32 group ids in
+    `[0, options.num_groups)`, and the `Dropped` flags.
+  """
+  w = candidates.astype(x.dtype)
+  respond = lambda rows: options.activation(  # Step 1
+      rows @ w + bias.astype(x.dtype))
+  moments = response_moments(x, labels, respond, options.num_classes,
+                             options.chunk_size, options.row_sharding,
+                             first_row)
+  scores, dropped = scores_from_moments(moments, alpha, labels is not None)
+  if options.num_groups > 1:
+    groups = class_groups(moments)
+  else:
+    groups = jnp.zeros(w.shape[1], jnp.int32)
+  return scores, groups, dropped
+
+
 def warn_if_dropped(dropped: Dropped) -> None:
   """Warns about criteria that dropped out; silent under tracing."""
-  if not all(validation.is_concrete(flag) for flag in dropped):
+  if not all(placement.is_concrete(flag) for flag in dropped):
     return
   if bool(dropped.input_info):
     warnings.warn(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import numbers
 import warnings
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
@@ -28,11 +27,10 @@ import jax
 import jax.numpy as jnp
 import tqdm.auto as tqdm
 from flax import nnx
-from jax.typing import ArrayLike
 
-from nc_jax._src import validation
+from nc_jax._src import placement
+from nc_jax._src.types import Initializer
 
-Initializer = Callable[..., jax.Array]
 LayerFilter = Callable[[str], bool] | Collection[str] | None
 
 
@@ -44,8 +42,6 @@ class Layer:
     path: the layer's path in the model, "/"-joined (e.g. "Dense_0",
       "blocks/0/linear").
     index: its position among the layers that take part, in call order.
-    count: how many layers take part.
-    is_output: whether it is the last dense layer the forward pass calls.
     inputs: its input on the batch, `(m, ..., fan_in)`.
     kernel: its current kernel, `(fan_in, fan_out)`, in the parameter dtype.
     bias: its current bias `(fan_out,)`, or None.
@@ -56,8 +52,6 @@ class Layer:
   """
   path: str
   index: int
-  count: int
-  is_output: bool
   inputs: jax.Array
   kernel: jax.Array
   bias: jax.Array | None
@@ -74,31 +68,6 @@ class Plan:
 
 Rule = Callable[[Layer], jax.Array]
 RuleFactory = Callable[[Plan], Rule]
-
-
-def check_batch(x: ArrayLike, y: ArrayLike | None,
-                num_classes: int | None) -> tuple[jax.Array, jax.Array | None,
-                                                  int | None]:
-  """Checks the model's batch `x` and labels `y`; returns ids and C."""
-  if not hasattr(x, "shape"):
-    x = jnp.asarray(x)
-  if jnp.ndim(x) < 1 or x.shape[0] < 2:
-    raise ValueError(
-        f"`x` must be a batch of at least 2 examples along axis 0, got shape "
-        f"{jnp.shape(x)}.")
-  labels, num_classes = validation.as_int_labels(y, x.shape[0], num_classes,
-                                                 name="y")
-  return jnp.asarray(x), labels, num_classes
-
-
-def as_key(key: jax.Array | int) -> jax.Array:
-  """A PRNG key from a key or an int seed."""
-  if isinstance(key, numbers.Integral):
-    return jax.random.key(int(key))
-  if not isinstance(key, jax.Array):
-    raise TypeError(
-        f"`key` must be a PRNG key or an int seed, got {type(key).__name__}.")
-  return key
 
 
 def _plan(calls: Sequence[str], layers: LayerFilter) -> Plan:
@@ -150,7 +119,7 @@ class _Walker:
     if path in self._seen or path not in self._plan.paths:
       return None
     self._seen.add(path)
-    if not validation.is_concrete(inputs):
+    if not placement.is_concrete(inputs):
       raise ValueError(
           f"dense layer {path!r} is called inside a JAX transformation (jit, "
           "scan, vmap, remat); the walk needs concrete inputs, so call the "
@@ -158,9 +127,7 @@ class _Walker:
           "without lifted transforms around dense layers.")
     self._bar.set_postfix_str(path)
     kernel = self._rule(Layer(
-        path=path, index=self._plan.paths.index(path),
-        count=len(self._plan.paths), is_output=path == self._plan.output,
-        inputs=inputs, kernel=kernel, bias=bias, kernel_init=kernel_init,
+        path=path, index=self._plan.paths.index(path), inputs=inputs, kernel=kernel, bias=bias, kernel_init=kernel_init,
         outputs=outputs))
     self._bar.update()
     return kernel

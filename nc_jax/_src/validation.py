@@ -1,4 +1,4 @@
-"""Eager checks of user input, run before any heavy work.
+"""Checks of user input, run eagerly before any heavy work.
 
 Shapes are Python ints even under tracing, so shape errors are always raised.
 Value checks (non-finite entries, label ranges, one-hot rows) need concrete
@@ -7,7 +7,6 @@ values and are skipped for traced arrays, never branched on under `jit`.
 
 from __future__ import annotations
 
-import functools
 import numbers
 
 import jax
@@ -15,30 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-
-def is_concrete(x: object) -> bool:
-  """Whether `x` holds values Python can inspect (not a tracer)."""
-  return not isinstance(x, jax.core.Tracer)
-
-
-def platform(x: object) -> str:
-  """The platform `x` lives on (the default backend's for a tracer)."""
-  if is_concrete(x) and isinstance(x, jax.Array):
-    return next(iter(x.devices())).platform
-  return jax.default_backend()
-
-
-def compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
-  """The dtype statistics are accumulated in: float32, or wider if given wider."""
-  if jnp.issubdtype(dtype, jnp.floating):
-    return jnp.promote_types(dtype, jnp.float32)
-  return jnp.dtype(jnp.float32)
-
-
-# Products whose float32 results feed cancelling differences (sums of squares,
-# projections) must be exact float32: no TF32 or bf16 passes on GPU/TPU.
-exact_matmul = functools.partial(jnp.matmul,
-                                 precision=jax.lax.Precision.HIGHEST)
+from nc_jax._src.placement import compute_dtype
+from nc_jax._src.placement import is_concrete
 
 
 def as_batch(batch: ArrayLike, name: str = "batch") -> jax.Array:
@@ -198,3 +175,64 @@ def check_alpha(alpha: ArrayLike) -> jax.Array:
         f"criterion), got {float(alpha)}."
     )
   return jnp.asarray(alpha, jnp.float32)
+
+
+def check_bias(bias: ArrayLike) -> jax.Array:
+  """Checks that `bias` is a scalar and returns it as an array."""
+  if jnp.ndim(bias) != 0:
+    raise ValueError(
+        "`bias` must be a scalar (the value every neuron's bias starts at), "
+        f"got shape {jnp.shape(bias)}.")
+  return jnp.asarray(bias)
+
+
+def check_chunk_size(chunk_size: object) -> int | None:
+  """Checks `chunk_size`: a positive int, or None to choose by device."""
+  return check_positive_int(
+      chunk_size, "chunk_size", allow_none=True,
+      hint="the rows scored at a time, or None to choose by device")
+
+
+def check_k(k: object, num_candidates: int | None) -> int:
+  """Checks the number of neurons to elect against the candidates drawn."""
+  if not isinstance(k, numbers.Integral) or k < 0:
+    raise ValueError(f"`k` must be a non-negative int, got {k!r}.")
+  if num_candidates is not None and k > num_candidates:
+    raise ValueError(
+        f"cannot elect k={k} neurons from {num_candidates} candidates; draw at "
+        f"least {k} candidates (num_candidates >= fan_out).")
+  return int(k)
+
+
+def check_callables(**functions: object) -> None:
+  """Checks that each keyword argument is callable, naming the first that is not."""
+  for name, function in functions.items():
+    if not callable(function):
+      raise TypeError(
+          f"`{name}` must be a callable, got {type(function).__name__}; pass "
+          "e.g. `jax.nn.initializers.he_normal()` for an initializer or "
+          "`jax.nn.relu` for an activation.")
+
+
+def check_model_batch(x: ArrayLike, y: ArrayLike | None,
+                      num_classes: int | None
+                      ) -> tuple[jax.Array, jax.Array | None, int | None]:
+  """Checks a whole model's batch `x` and labels `y`; returns ids and C."""
+  if not hasattr(x, "shape"):
+    x = jnp.asarray(x)
+  if jnp.ndim(x) < 1 or x.shape[0] < 2:
+    raise ValueError(
+        f"`x` must be a batch of at least 2 examples along axis 0, got shape "
+        f"{jnp.shape(x)}.")
+  labels, num_classes = as_int_labels(y, x.shape[0], num_classes, name="y")
+  return jnp.asarray(x), labels, num_classes
+
+
+def as_key(key: jax.Array | int) -> jax.Array:
+  """A PRNG key from a key or an int seed."""
+  if isinstance(key, numbers.Integral):
+    return jax.random.key(int(key))
+  if not isinstance(key, jax.Array):
+    raise TypeError(
+        f"`key` must be a PRNG key or an int seed, got {type(key).__name__}.")
+  return key

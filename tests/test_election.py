@@ -11,7 +11,7 @@ from hypothesis import given, settings
 
 import nc_jax
 import reference
-from nc_jax._src import select as select_lib
+from nc_jax._src import election
 
 
 def test_diversity_beats_a_slightly_better_redundant_candidate():
@@ -82,10 +82,10 @@ def test_large_election_matches_reference(fan_in, n, num_groups, block, seed,
   scores = rng.uniform(-1.0, 1.0, size=n)
   groups = rng.integers(0, num_groups, size=n)
   want = reference.elect(w, scores, groups.tolist(), k, num_groups)
-  with mock.patch.object(select_lib, "_LARGE_ELECTION", 0), mock.patch.object(
-      select_lib, "_BASIS_BLOCK", block), jax.enable_x64(True):
+  with mock.patch.object(election, "_LARGE_ELECTION", 0), mock.patch.object(
+      election, "_BASIS_BLOCK", block), jax.enable_x64(True):
     # A fresh jitted function: traces with the patched constants.
-    got = jax.jit(lambda *a: select_lib.elect(*a, num_groups, k))(
+    got = jax.jit(lambda *a: election.elect(*a, num_groups, k))(
         w, scores, groups)
   assert got.tolist() == want
 

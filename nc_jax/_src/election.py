@@ -1,9 +1,14 @@
-"""Steps 3 and 4 of ALGORITHM.md: class quotas and the greedy null-space election."""
+"""Steps 3-4 of the campaign: class quotas and the greedy null-space election.
+
+docs/algorithm.md#step-3-class-quotas and
+#step-4-greedy-null-space-election. The math of a round (`_choose`,
+`_check_picks`, the downdate) comes first; the layout a large election uses
+for speed (`_is_large`, `_tiled_layout`) is kept apart from it.
+"""
 
 from __future__ import annotations
 
 import functools
-import numbers
 from typing import NamedTuple
 
 import jax
@@ -11,9 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from nc_jax._src import placement
 from nc_jax._src import validation
 
-# Candidate j's residual is exhausted when ||R_j|| <= tol * ||W_j|| (Step 4 fix).
+# Candidate j's residual is exhausted when ||R_j|| <= tol * ||W_j||
+# (docs/algorithm.md#tolerances).
 _RESIDUAL_RTOL = 1e-4
 # A downdated ||R_j||^2 further than this times ||W_j||^2 from the exact value
 # triggers an exact recomputation of every residual norm.
@@ -75,21 +82,12 @@ def class_quotas(group_sizes: ArrayLike, k: int) -> jax.Array:
   if sizes.ndim != 1:
     raise ValueError(
         f"`group_sizes` must have shape (G,), got {sizes.shape}.")
-  _check_k(k, None)
-  if validation.is_concrete(sizes) and int(sizes.sum()) < k:
+  validation.check_k(k, None)
+  if placement.is_concrete(sizes) and int(sizes.sum()) < k:
     raise ValueError(
         f"the groups hold {int(sizes.sum())} candidates, fewer than k={k}; "
         "draw more candidates or elect fewer neurons.")
   return _class_quotas(sizes, k)
-
-
-def _check_k(k: int, num_candidates: int | None) -> None:
-  if not isinstance(k, numbers.Integral) or k < 0:
-    raise ValueError(f"`k` must be a non-negative int, got {k!r}.")
-  if num_candidates is not None and k > num_candidates:
-    raise ValueError(
-        f"cannot elect k={k} neurons from {num_candidates} candidates; draw at "
-        f"least {k} candidates (num_candidates >= fan_out).")
 
 
 class _ElectionConstants(NamedTuple):
@@ -98,7 +96,7 @@ class _ElectionConstants(NamedTuple):
   # group G, which no group elects.
   rows: jax.Array  # (S, fan_in) the candidates W_j as rows
   scores: jax.Array  # (S,) unshifted scores, for the exhausted fallback
-  shifted: jax.Array  # (S,) scores shifted so the worst is 0 (Step 4 fix)
+  shifted: jax.Array  # (S,) scores shifted so the worst is 0
   norm_sq: jax.Array  # (S,) ||W_j||^2
   groups: jax.Array  # (S,) group id of each candidate
   member: jax.Array  # (G, S) bool, groups[j] == g
@@ -116,6 +114,16 @@ class _ElectionState(NamedTuple):
   refreshed: jax.Array  # () bool, residual_sq was just recomputed exactly
 
 
+class _PickCheck(NamedTuple):
+  residual: jax.Array  # (G, fan_in) each pick's exact residual
+  residual_sq: jax.Array  # (G,) its squared norm
+  spent: jax.Array  # (G,) bool, the pick's residual is exhausted
+  refresh: jax.Array  # () bool, the round recomputes the norms instead
+
+
+# The math of a round -------------------------------------------------------
+
+
 def _residuals(state: _ElectionState, vectors: jax.Array,
                vector_group: jax.Array, block: int) -> jax.Array:
   """Rows of `vectors` minus their projection on their group's directions.
@@ -124,16 +132,16 @@ def _residuals(state: _ElectionState, vectors: jax.Array,
   directions orthonormal to working precision. With `block` smaller than the
   basis, only the blocks of directions filled so far are read.
   """
-  # Products with the candidates or directions in front, `(rows, fan_in) @
-  # (fan_in, few)`, run about twice as fast on CPU as the other way round.
+  # The candidates or directions go in front, `(rows, fan_in) @ (fan_in,
+  # few)`: the faster orientation on CPU (docs/speed.md).
   def project_off(b, projected, original):
     start = b * block
     basis = jax.lax.dynamic_slice_in_dim(state.basis, start, block)
     same = jax.lax.dynamic_slice_in_dim(state.basis_group, start, block)[
         :, None] == vector_group[None, :]
     coefficient = jnp.where(
-        same, validation.exact_matmul(basis, original.T), 0.0)
-    return projected - validation.exact_matmul(coefficient.T, basis)
+        same, placement.exact_matmul(basis, original.T), 0.0)
+    return projected - placement.exact_matmul(coefficient.T, basis)
 
   for _ in range(2):
     if block == state.basis.shape[0]:
@@ -145,6 +153,51 @@ def _residuals(state: _ElectionState, vectors: jax.Array,
   return vectors
 
 
+def _choose(consts: _ElectionConstants, state: _ElectionState
+            ) -> tuple[jax.Array, jax.Array]:
+  """Each group's best open candidate by `shifted score * ||R_j|| / ||W_j||`.
+
+  A candidate whose residual is exhausted has value 0; a group with no
+  positive value left picks its best unshifted score and projects nothing
+  (docs/algorithm.md#exhausted-residuals). Ties go to the lowest slot.
+
+  Returns:
+    `(pick, projects)`, each `(G,)`: the slot picked, and whether it has a
+    positive value (so its direction is projected off).
+  """
+  spent = state.residual_sq <= _RESIDUAL_RTOL**2 * consts.norm_sq
+  fraction = jnp.where(
+      spent, 0.0, jnp.sqrt(state.residual_sq / jnp.where(
+          consts.norm_sq > 0, consts.norm_sq, 1)))
+  open_ = consts.member & state.eligible[None, :]  # (G, S)
+  value = jnp.where(open_, (consts.shifted * fraction)[None, :], -jnp.inf)
+  best = jnp.argmax(value, axis=1)
+  projects = jnp.take_along_axis(value, best[:, None], axis=1)[:, 0] > 0
+  fallback = jnp.argmax(jnp.where(open_, consts.scores[None, :], -jnp.inf),
+                        axis=1)
+  return jnp.where(projects, best, fallback), projects
+
+
+def _check_picks(consts: _ElectionConstants, state: _ElectionState,
+                 pick: jax.Array, projects: jax.Array,
+                 active: jax.Array) -> _PickCheck:
+  """Computes each pick's residual exactly and decides on a refresh.
+
+  The residual norms are downdated round by round; if a pick's downdated
+  norm has drifted from its exact one, or the pick turns out spent, the
+  round recomputes every norm exactly instead of electing. Right after a
+  refresh the norms are trusted, so a round is redone at most once.
+  """
+  residual = _residuals(state, consts.rows[pick], jnp.arange(pick.shape[0]),
+                        consts.block)  # (G, fan_in)
+  residual_sq = jnp.sum(residual * residual, axis=1)
+  spent = residual_sq <= _RESIDUAL_RTOL**2 * consts.norm_sq[pick]
+  drift = jnp.abs(residual_sq - state.residual_sq[pick]) > (
+      _DRIFT_RTOL * consts.norm_sq[pick])
+  refresh = jnp.any(active & projects & (drift | spent)) & ~state.refreshed
+  return _PickCheck(residual, residual_sq, spent, refresh)
+
+
 def _exact_residual_sq(consts: _ElectionConstants, state: _ElectionState
                        ) -> jax.Array:
   """Every candidate's ||R_j||^2, recomputed from W and the directions."""
@@ -152,58 +205,34 @@ def _exact_residual_sq(consts: _ElectionConstants, state: _ElectionState
   return jnp.sum(residual * residual, axis=1)
 
 
+def _downdated_residual_sq(consts: _ElectionConstants, state: _ElectionState,
+                           direction: jax.Array) -> jax.Array:
+  """||R_j||^2 after projecting each group's new direction off its members.
+
+  A new direction u is orthogonal to its group's earlier directions, so
+  u . R_j = u . W_j: one product with the candidates, and no `(fan_in, N)`
+  residual matrix. A group that elects nothing has a zero direction.
+  """
+  coefficient = _own_group_coefficients(consts, direction)
+  return jnp.maximum(state.residual_sq - coefficient**2, 0.0)
+
+
 def _elect_round(consts: _ElectionConstants, state: _ElectionState
                  ) -> tuple[_ElectionState, jax.Array, jax.Array]:
   """Every group that still owes picks elects one candidate (Step 4).
 
-  The residual norms are downdated: electing direction u takes (u . W_j)^2
-  off ||R_j||^2 for every candidate j of u's group (u is orthogonal to the
-  group's earlier directions, so u . R_j = u . W_j), one product with W and
-  no `(fan_in, N)` residual matrix. Each pick's residual is also computed
-  exactly; if a downdated norm has drifted from it (or the pick turns out
-  spent), the round recomputes every norm exactly instead of electing.
-
   Returns the new state, the picks (-1 for groups that did not pick), and
-  whether anyone was elected.
+  whether anyone was elected (not on a round that refreshes the norms).
   """
   active = state.owed > 0
-  spent = state.residual_sq <= _RESIDUAL_RTOL**2 * consts.norm_sq
-  fraction = jnp.where(
-      spent, 0.0, jnp.sqrt(state.residual_sq / jnp.where(
-          consts.norm_sq > 0, consts.norm_sq, 1)))
-  open_ = consts.member & state.eligible[None, :]  # (G, N)
-  value = jnp.where(open_, (consts.shifted * fraction)[None, :], -jnp.inf)
-  best = jnp.argmax(value, axis=1)
-  projects = jnp.take_along_axis(value, best[:, None], axis=1)[:, 0] > 0
-  # No positive value left (residuals spent): best unshifted score, no projection.
-  fallback = jnp.argmax(jnp.where(open_, consts.scores[None, :], -jnp.inf), axis=1)
-  pick = jnp.where(projects, best, fallback)
-  num_groups = pick.shape[0]
-
-  residual = _residuals(state, consts.rows[pick], jnp.arange(num_groups),
-                        consts.block)  # (G, fan_in)
-  residual_sq = jnp.sum(residual * residual, axis=1)
-  spent_pick = residual_sq <= _RESIDUAL_RTOL**2 * consts.norm_sq[pick]
-  drift = jnp.abs(residual_sq - state.residual_sq[pick]) > (
-      _DRIFT_RTOL * consts.norm_sq[pick])
-  # On drift nobody is elected: the norms are recomputed exactly and the round
-  # is redone (once: right after a refresh the norms are trusted).
-  refresh = jnp.any(active & projects & (drift | spent_pick)) & ~state.refreshed
-  elects = active & ~refresh
-  projecting = elects & projects & ~spent_pick
-  direction = residual * jnp.where(
-      projecting, jax.lax.rsqrt(jnp.where(projecting, residual_sq, 1.0)),
+  pick, projects = _choose(consts, state)
+  check = _check_picks(consts, state, pick, projects, active)
+  elects = active & ~check.refresh
+  projecting = elects & projects & ~check.spent
+  direction = check.residual * jnp.where(
+      projecting, jax.lax.rsqrt(jnp.where(projecting, check.residual_sq, 1.0)),
       0.0)[:, None]
-  # Each candidate's coefficient on its own group's new direction.
-  if consts.tile_group is None:
-    coefficient = jnp.take_along_axis(validation.exact_matmul(
-        consts.rows, direction.T), consts.groups[:, None], axis=1)[:, 0]
-  else:  # one product per tile, with the direction of the tile's group
-    num_tiles = consts.tile_group.shape[0]
-    coefficient = validation.exact_matmul(
-        consts.rows.reshape(num_tiles, -1, consts.rows.shape[1]),
-        direction.at[consts.tile_group].get(mode="fill", fill_value=0)[
-            ..., None]).reshape(-1)
+  num_groups = pick.shape[0]
   slots = jnp.where(projecting, state.filled + jnp.cumsum(projecting) - 1,
                     state.basis.shape[0])  # out of range: dropped
   new_state = _ElectionState(
@@ -212,13 +241,30 @@ def _elect_round(consts: _ElectionConstants, state: _ElectionState
           jnp.arange(num_groups, dtype=jnp.int32), mode="drop"),
       filled=state.filled + projecting.sum(),
       residual_sq=jax.lax.cond(
-          refresh, lambda: _exact_residual_sq(consts, state),
-          lambda: jnp.maximum(state.residual_sq - coefficient**2, 0.0)),
+          check.refresh, lambda: _exact_residual_sq(consts, state),
+          lambda: _downdated_residual_sq(consts, state, direction)),
       eligible=state.eligible & ~jnp.zeros_like(state.eligible).at[pick].max(
           elects),
       owed=state.owed - elects,
-      refreshed=refresh)
-  return new_state, jnp.where(elects, pick, -1).astype(jnp.int32), ~refresh
+      refreshed=check.refresh)
+  return new_state, jnp.where(elects, pick, -1).astype(jnp.int32), ~check.refresh
+
+
+# The performance layer: how candidates are laid out ------------------------
+#
+# A small election holds one slot per candidate and projects off its whole
+# basis at once. A large one (`_is_large`) is run-bound rather than
+# compile-bound, and lays the candidates out group by group in tiles, so a
+# round's downdate reads each candidate once, and projects off only the
+# filled blocks of its basis. Both give the same picks.
+
+
+def _is_large(num_candidates: int, fan_in: int, num_groups: int,
+              k: int) -> bool:
+  """Whether an election is large: its rounds (about k / G, each reading the
+  `(N, fan_in)` candidates) cost more than the extra compile of the tiled
+  layout (figures: docs/speed.md#election-design-trade-offs)."""
+  return num_candidates * fan_in * -(-k // num_groups) >= _LARGE_ELECTION
 
 
 def _tiled_layout(groups: jax.Array, sizes: jax.Array
@@ -253,18 +299,20 @@ def _tiled_layout(groups: jax.Array, sizes: jax.Array
   return owner, tile_group.astype(jnp.int32)
 
 
-def _is_large(num_candidates: int, fan_in: int, num_groups: int,
-              k: int) -> bool:
-  """Whether an election is large: run-bound rather than compile-bound.
+def _own_group_coefficients(consts: _ElectionConstants,
+                            direction: jax.Array) -> jax.Array:
+  """`u_g . W_j` for every slot j, with g the slot's group: `(S,)`."""
+  if consts.tile_group is None:  # every candidate against every direction
+    return jnp.take_along_axis(placement.exact_matmul(
+        consts.rows, direction.T), consts.groups[:, None], axis=1)[:, 0]
+  num_tiles = consts.tile_group.shape[0]  # one product per tile
+  return placement.exact_matmul(
+      consts.rows.reshape(num_tiles, -1, consts.rows.shape[1]),
+      direction.at[consts.tile_group].get(mode="fill", fill_value=0)[
+          ..., None]).reshape(-1)
 
-  Its rounds (about k / G) each read the `(N, fan_in)` candidates. Measured
-  back to back on 2 CPU cores with fan_in 1,024, N = 5 k and 10 groups, the
-  tiled layout, blocked basis and LLVM's optimizations took the election from
-  2.1 s to 1.3 s at k = 2,048 and from 8.6-10.3 s to 5.4-6.1 s at k = 4,096;
-  at k = 1,024 they saved 0.24 s of its run (0.61 -> 0.37 s) but added
-  0.76 s to its compile (1.05 -> 1.81 s).
-  """
-  return num_candidates * fan_in * -(-k // num_groups) >= _LARGE_ELECTION
+
+# The election ----------------------------------------------------------------
 
 
 def elect(candidates: jax.Array, scores: jax.Array, groups: jax.Array,
@@ -274,13 +322,10 @@ def elect(candidates: jax.Array, scores: jax.Array, groups: jax.Array,
   All groups advance in parallel in each round (masking); a
   `lax.while_loop` runs rounds until every quota is met, so there are as many
   rounds as the largest quota (plus a round per exact refresh of the norms).
-  A large election (`_is_large`) first lays the candidates out group by group
-  in tiles (`_tiled_layout`), so that a round's downdate reads each candidate
-  once, and projects off its directions in blocks of `_BASIS_BLOCK`.
   """
   if k == 0:
     return jnp.zeros(0, jnp.int32)
-  w = candidates.astype(validation.compute_dtype(candidates.dtype))
+  w = candidates.astype(placement.compute_dtype(candidates.dtype))
   scores = scores.astype(w.dtype)
   fan_in, num_candidates = w.shape
   sizes = jnp.sum(groups[None, :] == jnp.arange(num_groups)[:, None], axis=1,
@@ -295,14 +340,15 @@ def elect(candidates: jax.Array, scores: jax.Array, groups: jax.Array,
     owner = tile_group = None
     at_slots = lambda a, fill: a
     block = k
-  rows = at_slots(w.T, 0)
   slot_groups = at_slots(groups, num_groups)
-  # From w, not `rows`: summing the transposed rows compiled at -O0 to a
-  # slower reduction (784 -> 256: 36 ms against 24 ms per election).
+  # Summed from w rather than from the rows: the faster reduction without
+  # LLVM's optimizations (docs/speed.md#election-design-trade-offs).
   norm_sq = at_slots(jnp.sum(w * w, axis=0), 0)
   consts = _ElectionConstants(
-      rows=rows,
+      rows=at_slots(w.T, 0),
       scores=at_slots(scores, 0),
+      # Negative scores shifted so the worst is 0, over all N candidates
+      # (docs/algorithm.md#defects-of-the-published-code-and-our-fixes).
       shifted=at_slots(scores - jnp.minimum(scores.min(), 0), 0),
       norm_sq=norm_sq,
       groups=slot_groups,
@@ -330,25 +376,24 @@ def elect(candidates: jax.Array, scores: jax.Array, groups: jax.Array,
   return picked if owner is None else owner[picked]
 
 
-# The election's time on CPU is in its matrix products, library calls at any
-# optimization level. Without LLVM's optimizations its compile took 1.05 s
-# instead of 1.5 s at 784 -> 100, and its warm time 10 ms instead of 6 ms
-# there and 0.56 s instead of 0.52 s at 1024 -> 1024; a large election's
-# element-wise work needs them (`_is_large`). Compiler options are allowed on
-# a top-level jit only.
+# On CPU the election's time is in its matrix products, which are library
+# calls at any optimization level, so a small election compiles without
+# LLVM's optimizations; a large one's element-wise work needs them
+# (docs/speed.md#election-design-trade-offs). Compiler options are allowed
+# on a top-level jit only.
 _CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 _elect = jax.jit(elect, static_argnames=("num_groups", "k"))
 _elect_cpu = jax.jit(elect, static_argnames=("num_groups", "k"),
                      compiler_options=_CPU_COMPILER_OPTIONS)
 
 
-def compiled_elect(candidates: jax.Array, scores: jax.Array,
+def elect_compiled(candidates: jax.Array, scores: jax.Array,
                    groups: jax.Array, num_groups: int, k: int) -> jax.Array:
   """`elect`, compiled on its own: on CPU, outside any trace and not large,
   with `_CPU_COMPILER_OPTIONS`; inside a trace, inlined into the caller's."""
   fan_in, num_candidates = candidates.shape
-  cpu = (validation.is_concrete(scores)
-         and validation.platform(scores) == "cpu"
+  cpu = (placement.is_concrete(scores)
+         and placement.platform(scores) == "cpu"
          and not _is_large(num_candidates, fan_in, num_groups, k))
   return (_elect_cpu if cpu else _elect)(candidates, scores, groups,
                                          num_groups=num_groups, k=k)
@@ -408,12 +453,12 @@ def select_neurons(
     raise ValueError(
         f"`scores` must have shape (N,) = ({num_candidates},) to match "
         f"`candidates`, got {scores.shape}.")
-  _check_k(k, num_candidates)
+  validation.check_k(k, num_candidates)
   if groups is None:
     groups, num_groups = jnp.zeros(num_candidates, jnp.int32), 1
   else:
     groups, num_groups = _check_groups(groups, num_candidates, num_groups)
-  return compiled_elect(candidates, scores, groups, num_groups, k)
+  return elect_compiled(candidates, scores, groups, num_groups, k)
 
 
 def _check_groups(groups: ArrayLike, num_candidates: int,
@@ -425,7 +470,7 @@ def _check_groups(groups: ArrayLike, num_candidates: int,
     raise ValueError(
         f"`groups` must be int group ids of shape (N,) = ({num_candidates},), "
         f"got dtype {groups.dtype} and shape {groups.shape}.")
-  if validation.is_concrete(groups) and num_candidates:
+  if placement.is_concrete(groups) and num_candidates:
     values = np.asarray(groups)
     low, high = int(values.min()), int(values.max())
     num_groups = high + 1 if num_groups is None else num_groups
