@@ -2,17 +2,19 @@
 
 The published PyTorch code vectorizes over samples and candidates but loops in
 Python over classes and over elected neurons, one projection of the group's
-residuals per pick. This port keeps that structure (and ALGORITHM.md's fixes,
-so it elects what `nc_jax.campaign_select` elects) and runs in float32 on
-NumPy's BLAS; `benchmarks/init_speed.py` times it beside nc_jax.
+residuals per pick. This port keeps that structure (and the fixes of
+docs/algorithm.md, so it elects what `nc_jax.campaign_select` elects) and runs
+in float32 on NumPy's BLAS; `benchmarks/init_speed.py` times it beside nc_jax.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-_ZERO_RTOL = 1e-5  # ALGORITHM.md Step 2: a norm this small counts as zero
-_RESIDUAL_RTOL = 1e-4  # Step 4: an exhausted residual
+# A norm this small counts as zero: docs/algorithm.md#step-2-scores.
+_ZERO_RTOL = 1e-5
+# An exhausted residual: docs/algorithm.md#step-4-greedy-null-space-election.
+_RESIDUAL_RTOL = 1e-4
 
 
 def _unit(v: np.ndarray, atol: float) -> np.ndarray:

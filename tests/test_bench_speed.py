@@ -1,4 +1,5 @@
-"""The init_speed benchmark's functions on tiny inputs."""
+"""The init_speed measurements (benchmarks/speed.py) and entry script
+(benchmarks/init_speed.py) on tiny inputs."""
 
 import json
 import math
@@ -10,38 +11,39 @@ import pytest
 import nc_jax
 from benchmarks import init_speed
 from benchmarks import numpy_port
+from benchmarks import reports
+from benchmarks import speed
 from helpers import stratified
 
 
 @pytest.mark.parametrize("shape", [(64, 8), (784, 8)])
 def test_load_dataset_shapes(shape):
-  x, y = init_speed.load_dataset(50, shape[0])
+  x, y = speed.load_dataset(50, shape[0])
   assert x.shape == (50, shape[0]) and x.dtype == "float32"
   assert y.shape == (50,)
 
 
 def test_mnist_rows_are_tiled():
-  x, _ = init_speed.load_dataset(5003, 784)
+  x, _ = speed.load_dataset(5003, 784)
   assert (x[5000:] == x[:3]).all() and 0.0 <= x.min() and x.max() <= 1.0
 
 
 def test_writes_tables_json_and_plot(tmp_path):
-  rows = init_speed.run_benchmark([(64, 8)], [50, 120], repeats=2,
-                                  memory=False)
-  election = [init_speed.bench_election(32, 8, 2, floor_rows=100, repeats=1)]
-  text = init_speed.write_results(rows, init_speed.machine_info(), tmp_path,
-                                  election)
+  rows = speed.run_benchmark([(64, 8)], [50, 120], repeats=2, memory=False)
+  election = [speed.bench_election(32, 8, 2, floor_rows=100, repeats=1)]
+  text = speed.write_results(rows, reports.machine_info(), tmp_path, election)
   assert (tmp_path / "init_speed.md").read_text() == text
-  assert "| " + " | ".join(init_speed.COLUMNS) + " |" in text
-  assert "| " + " | ".join(init_speed.ELECTION_COLUMNS) + " |" in text
+  assert "| " + " | ".join(speed.COLUMNS) + " |" in text
+  assert "| " + " | ".join(speed.ELECTION_COLUMNS) + " |" in text
   assert (tmp_path / "init_speed.png").stat().st_size > 0
   result = json.loads((tmp_path / "init_speed.json").read_text())
-  assert result["columns"] == list(init_speed.COLUMNS)
+  assert result["columns"] == list(speed.COLUMNS)
   assert set(result["machine"]) >= {"device", "cpu cores", "jax", "date"}
   row = result["rows"][0]
-  assert list(row) == list(init_speed.COLUMNS)
+  assert list(row) == list(speed.COLUMNS)
   assert (row["shape"], row["m"], row["N"], row["chunk"]) == ("64x8", 50, 40,
-                                                               2048)
+                                                               "auto")
+  assert "| 64x8 | 50 | 40 | auto | " in text
   assert row["peak MB"] is None
   for key in ("ratio", "speed-up", "compile s"):
     assert math.isfinite(row[key]) and row[key] > 0
@@ -51,14 +53,14 @@ def test_writes_tables_json_and_plot(tmp_path):
 
 
 def test_max_flops_skips_large_configurations():
-  rows = init_speed.run_benchmark([(64, 8), (64, 80)], [50], max_flops=2e6,
-                                  repeats=1, memory=False)
+  rows = speed.run_benchmark([(64, 8), (64, 80)], [50], max_flops=2e6,
+                             repeats=1, memory=False)
   assert [r["shape"] for r in rows] == ["64x8"]
 
 
 def test_memory_scaling_runs_default_chunks_and_the_whole_batch():
-  rows = init_speed.memory_scaling((64, 8), [3000])
-  assert [(r["m"], r["chunk"]) for r in rows] == [(3000, 2048), (3000, 3000)]
+  rows = speed.memory_scaling((64, 8), [3000])
+  assert [(r["m"], r["chunk"]) for r in rows] == [(3000, "auto"), (3000, 3000)]
   assert all(math.isfinite(r["peak MB"]) and r["peak MB"] >= 0 for r in rows)
 
 
@@ -68,3 +70,16 @@ def test_numpy_port_elects_what_nc_jax_elects(mnist):
       jax.random.key(0), jax.nn.initializers.he_normal(), (784, 32), 160))
   want = nc_jax.campaign_select(x, y, w, 32, alpha=0.5).tolist()
   assert numpy_port.campaign_select(x, y, w, 32, 0.5, 10) == want
+
+
+def test_main_smoke(tmp_path):
+  text = init_speed.main(["--rows", "50", "--shapes", "64x8", "--fan-outs",
+                          "--memory-rows", "--repeats", "1",
+                          "--out", str(tmp_path)])
+  assert (tmp_path / "init_speed.md").read_text() == text
+  assert "command: python benchmarks/init_speed.py --rows 50" in text
+  assert "| 64x8 | 50 | 40 | auto | " in text
+  result = json.loads((tmp_path / "init_speed.json").read_text())
+  assert result["election"] == [] and result["memory"] == []
+  assert init_speed.parse_args([]).shapes == [(784, 100), (784, 256),
+                                              (1024, 1024)]

@@ -1,0 +1,230 @@
+"""What the benchmarks write: markdown tables, JSON, per-epoch CSV and plots.
+
+`markdown_table` is the one table writer; every table of every results file
+goes through it.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import math
+import os
+import pathlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from benchmarks import stats
+from benchmarks import training
+from benchmarks.training import DIGITS, LABELS, Run
+
+
+def machine_info() -> dict[str, Any]:
+  """Describes the device, host, jax version and date of a run."""
+  device = jax.devices()[0]
+  return {"device": f"{device.device_kind} ({device.platform})",
+          "cpu cores": os.cpu_count(), "jax": jax.__version__,
+          "date": datetime.datetime.now().isoformat(timespec="seconds")}
+
+
+def markdown_table(head: Sequence[str],
+                   rows: Iterable[Sequence[str]]) -> str:
+  """A markdown table: the header, the rule, one line per row of cells.
+
+  Examples:
+    >>> print(markdown_table(["a", "b"], [["1", "2"]]))
+    | a | b |
+    |---|---|
+    | 1 | 2 |
+  """
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  lines += ["| " + " | ".join(row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def settings_lines(settings: dict[str, Any]) -> list[str]:
+  """A results file's settings, one markdown list item each."""
+  return [f"- {k}: {v}" for k, v in settings.items()]
+
+
+def format_ci(mean: float, half: float, digits: int) -> str:
+  """`mean ± half`, or `mean` alone where the CI is undefined."""
+  if math.isnan(half):
+    return f"{mean:.{digits}f}"
+  return f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def mean_cell(values: np.ndarray, metric: str) -> str:
+  """A table cell: the mean ± 95% CI of a metric's per-seed values."""
+  return format_ci(*stats.mean_ci(values), DIGITS[metric])
+
+
+def difference_cell(row: dict[str, Any]) -> str:
+  """A table cell for a `stats.paired_difference` row: the mean difference ±
+  95% CI (bold where p < 0.05), the p-value and the seeds on which the first
+  run is lower."""
+  diff = format_ci(row["mean_diff"], row["ci95"], DIGITS[row["metric"]])
+  p = row["p_value"]
+  if p < 0.05:
+    diff = f"**{diff}**"
+  p = "–" if math.isnan(p) else f"{p:.2g}"
+  return f"{diff} (p {p}, {row['wins']}/{row['seeds']})"
+
+
+def summary_table(runs: Sequence[Run],
+                  metrics: Sequence[str] = training.SUMMARY_METRICS) -> str:
+  """Markdown: per arch x init, each summary metric's mean ± 95% CI."""
+  metrics = training.present(runs, metrics)
+
+  def cells(run: Run) -> list[str]:
+    summary = run.summary()
+    out = [run.arch, run.init]
+    for m in metrics:
+      if m == "init_seconds":
+        # The first seed's init includes compilation; the median is warm.
+        out.append(f"{np.median(run.init_seconds):.2f} "
+                   f"(first {run.init_seconds[0]:.1f})")
+      else:
+        out.append(mean_cell(summary[m], m))
+    return out
+
+  return markdown_table(["arch", "init"] + [LABELS[m] for m in metrics],
+                        map(cells, runs))
+
+
+def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
+  """Markdown: one line per (arch, comparison), one column per metric, each
+  cell a `difference_cell`."""
+  metrics = list(dict.fromkeys(r["metric"] for r in rows))
+  cells = {(r["arch"], r["comparison"], r["metric"]): r for r in rows}
+  return markdown_table(
+      ["arch", "comparison"] + [LABELS[m] for m in metrics],
+      ([arch, comparison] + [
+          difference_cell(cells[(arch, comparison, m)])
+          if (arch, comparison, m) in cells else "" for m in metrics]
+       for arch, comparison in dict.fromkeys(
+           (r["arch"], r["comparison"]) for r in rows)))
+
+
+def run_records(runs: Sequence[Run]) -> list[dict[str, Any]]:
+  """Each run's summary metrics per seed, for a results JSON."""
+  return [{"arch": r.arch, "init": r.init, "seeds": list(r.seeds),
+           **{m: v.tolist() for m, v in r.summary().items()}} for r in runs]
+
+
+def write_curves_csv(runs: Sequence[Run], path: pathlib.Path) -> None:
+  """One line per (arch, init, seed, epoch) with each epoch metric."""
+  metrics = training.curve_metrics(runs)
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["arch", "init", "seed", "epoch", *metrics])
+    for run in runs:
+      for i, seed in enumerate(run.seeds):
+        for e in range(run.epochs):
+          writer.writerow([run.arch, run.init, seed, e + 1] + [
+              f"{run.curves[m][i, e]:.6g}" for m in metrics])
+
+
+def _line_style(name: str) -> str:
+  """Dashed for a random-pick control, dotted for a base initializer."""
+  if "+random" in name:
+    return "--"
+  return ":" if name in training.BASE_INITS else "-"
+
+
+def plot_curves(runs: Sequence[Run], path: pathlib.Path, *,
+                panels: Sequence[tuple[str, Sequence[Run]]] | None = None,
+                last_epoch: int | None = None) -> None:
+  """Each epoch metric per epoch: mean over seeds and a 95% CI band per run.
+
+  Args:
+    runs: the runs.
+    path: the PNG to write.
+    panels: (title, runs) per column; default one column per arch.
+    last_epoch: plot epochs 1..last_epoch only; default all.
+
+  A campaign and its random-pick control share a colour; the control is
+  dashed, a base initializer dotted.
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+  if panels is None:
+    panels = [(arch, [r for r in runs if r.arch == arch])
+              for arch in dict.fromkeys(r.arch for r in runs)]
+  metrics = training.curve_metrics(runs)
+  palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  fig, axes = plt.subplots(len(metrics), len(panels),
+                           figsize=(5 * len(panels), 3.5 * len(metrics)),
+                           squeeze=False)
+  for row, metric in zip(axes, metrics):
+    for ax, (title, panel_runs) in zip(row, panels):
+      colors = {}
+      for run in panel_runs:
+        values = run.curves[metric][:, :last_epoch]
+        epochs = np.arange(1, values.shape[1] + 1)
+        mean = values.mean(0)
+        color = colors.setdefault(run.init.replace("+random", "+campaign"),
+                                  palette[len(colors) % len(palette)])
+        ax.plot(epochs, mean, _line_style(run.init), color=color,
+                label=run.init)
+        if values.shape[0] > 1:
+          half = stats.ci_half_width(values)
+          ax.fill_between(epochs, mean - half, mean + half, color=color,
+                          alpha=0.15)
+      ax.set_title(title)
+      ax.set_xlabel("epoch")
+      ax.set_ylabel(LABELS[metric])
+      ax.set_yscale("log")
+      ax.yaxis.set_major_formatter(ScalarFormatter())
+      ax.yaxis.set_minor_formatter(NullFormatter())
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def write_run_results(out: pathlib.Path, stem: str, text: str,
+                      results: dict[str, Any], runs: Sequence[Run],
+                      **plot_options: Any) -> None:
+  """Writes `stem.md` (the text), `stem.json` (the results),
+  `stem_epochs.csv` (the curves) and `stem.png` (`plot_curves` with
+  `plot_options`) into `out`, created if missing."""
+  out.mkdir(parents=True, exist_ok=True)
+  (out / f"{stem}.md").write_text(text)
+  (out / f"{stem}.json").write_text(json.dumps(results, indent=1,
+                                               default=str))
+  write_curves_csv(runs, out / f"{stem}_epochs.csv")
+  plot_curves(runs, out / f"{stem}.png", **plot_options)
+
+
+def write_comparison(runs: Sequence[Run], settings: dict[str, Any],
+                     out: pathlib.Path) -> str:
+  """Writes the MNIST comparison's mnist_mlp.md, .json, _epochs.csv and .png;
+  returns the markdown."""
+  final, early = (
+      [row for metric in training.present(runs, metrics)
+       for row in stats.paired_comparisons(runs, metric)]
+      for metrics in (training.FINAL_METRICS, training.EARLY_METRICS))
+  text = "\n".join([
+      "# MNIST MLP comparison (benchmarks/mnist_mlp.py)", "",
+      *settings_lines(settings), "",
+      "Mean ± 95% CI (t) over seeds.", "", summary_table(runs), "",
+      "Early training:", "", summary_table(runs, training.EARLY_METRICS), "",
+      "Paired by seed (same data order): first minus second; negative = the "
+      "first is lower. `X+random` is the campaign's control: the same "
+      "candidates (same key), picked uniformly at random. Each cell: mean "
+      "difference ± 95% CI (bold: paired t-test p < 0.05), p, seeds on which "
+      "the first is lower.", "",
+      comparison_table(final), "", comparison_table(early), ""])
+  write_run_results(out, "mnist_mlp", text, {
+      "settings": settings, "runs": run_records(runs),
+      "comparisons": final + early}, runs)
+  return text

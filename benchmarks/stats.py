@@ -1,0 +1,93 @@
+"""Statistics over seeds: confidence intervals and paired comparisons of runs.
+
+Runs with the same seed share the data order across initializers, so two runs
+on one architecture are compared seed by seed (a paired design).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from benchmarks.training import Run
+
+
+def ci_half_width(values: np.ndarray, level: float = 0.95,
+                  axis: int = 0) -> np.ndarray:
+  """The half-width of the t confidence interval of the mean along `axis`."""
+  n = np.shape(values)[axis]
+  return stats.t.ppf(0.5 + level / 2, n - 1) * stats.sem(values, axis)
+
+
+def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+  """Mean and the half-width of its t confidence interval (nan for n < 2)."""
+  values = np.asarray(values, np.float64)
+  if len(values) < 2:
+    return float(values.mean()), math.nan
+  return float(values.mean()), float(ci_half_width(values, level))
+
+
+def paired_difference(ours: Run, theirs: Run, metric: str) -> dict[str, Any]:
+  """`ours - theirs` on one summary metric, seed by seed (a paired design).
+
+  Returns:
+    A row: the mean difference, the half-width of its 95% CI, the paired
+    t-test p-value (nan when undefined) and the seeds on which `ours` is lower.
+
+  Raises:
+    ValueError: when the two runs do not share architecture and seeds.
+  """
+  if (ours.arch, ours.seeds) != (theirs.arch, theirs.seeds):
+    raise ValueError(
+        f"a paired comparison needs the same arch and seeds; got {ours.arch} "
+        f"seeds {ours.seeds} against {theirs.arch} seeds {theirs.seeds}.")
+  a, b = ours.summary()[metric], theirs.summary()[metric]
+  diff = a - b
+  mean, half = mean_ci(diff)
+  p = (float(stats.ttest_rel(a, b).pvalue)
+       if len(diff) > 1 and np.any(diff != diff[0]) else math.nan)
+  return {"arch": ours.arch, "comparison": f"{ours.init} - {theirs.init}",
+          "metric": metric, "mean_diff": mean, "ci95": half, "p_value": p,
+          "wins": int((diff < 0).sum()), "seeds": len(diff)}
+
+
+def control_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+  """The comparison's pairs among the initializers run.
+
+  `X+campaign` against `X+random` (same candidates, the election's effect)
+  and against `X` (the whole method's effect); `X+random` against `X` (the
+  candidate draw alone, which should change nothing).
+  """
+  pairs = []
+  for name in names:
+    base, _, method = name.partition("+")
+    if method == "campaign":
+      pairs += [(name, f"{base}+random"), (name, base)]
+    elif method == "random":
+      pairs.append((name, base))
+  return [(ours, theirs) for ours, theirs in pairs if theirs in names]
+
+
+def paired_comparisons(
+    runs: Sequence[Run], metric: str = "min_test_error",
+    pairs: Sequence[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+  """`paired_difference` for each pair of initializer names, per arch.
+
+  Args:
+    runs: the runs.
+    metric: a summary metric.
+    pairs: (ours, theirs) initializer names; default `control_pairs` of the
+      initializers run. Pairs not run on an arch are skipped.
+  """
+  by_key = {(r.arch, r.init): r for r in runs}
+  if pairs is None:
+    pairs = control_pairs(list(dict.fromkeys(r.init for r in runs)))
+  return [paired_difference(by_key[(arch, ours)], by_key[(arch, theirs)],
+                            metric)
+          for arch in dict.fromkeys(r.arch for r in runs)
+          for ours, theirs in pairs
+          if (arch, ours) in by_key and (arch, theirs) in by_key]

@@ -1,0 +1,321 @@
+"""The MLPs, their initializers and their training: what every benchmark run is.
+
+Every (architecture, initializer) pair trains one MLP per seed with plain SGD
+(learning rate 0.1, batch 100, cross-entropy, biases zero), all seeds at once
+(`jax.vmap`), one jitted `lax.scan` over the batches per epoch, test error
+(and validation error, where the data has a validation split) after every
+epoch. Runs with the same seed share the data order across initializers (a
+paired design). Initializers go through nc_jax's public whole-model API.
+
+The metric names are defined here once, with their table labels and
+decimals, for training, tables, CSV and plots alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm.auto as tqdm
+
+import nc_jax
+from benchmarks import data as data_lib
+
+ARCHS = {  # hidden widths; ReLU after each, a linear output layer
+    "mlp2": (100,),
+    "mlp3": (256, 100),
+    "mlp5": (32, 32, 32, 32),
+}
+INITS = ("xavier", "he", "lsuv", "xavier+campaign", "he+campaign",
+         "xavier+random", "he+random")
+BASE_INITS = {
+    "xavier": nn.initializers.glorot_uniform(),
+    "he": nn.initializers.he_normal(),
+}
+LEARNING_RATE = 0.1
+BATCH_SIZE = 100
+# One object, so that every run hits `train_epoch`'s compilation cache.
+OPTIMIZER = optax.sgd(LEARNING_RATE)
+OPTIMIZER_DESCRIPTION = (f"SGD lr {LEARNING_RATE}, batch {BATCH_SIZE}, "
+                         "cross-entropy, biases 0")
+
+# Metric names, defined once for training, tables, CSV and plots. Runs on data
+# without a validation split have no "val_error" curve.
+EPOCH_METRICS = ("train_loss", "test_error", "val_error")
+EARLY_EPOCHS = (1, 3, 10)  # the early-training effect is read at these epochs
+
+
+def _metric_labels() -> dict[str, tuple[str, int]]:
+  """Every metric's table label and decimals."""
+  curves = {"train_loss": ("train loss", 3), "test_error": ("test error %", 2),
+            "val_error": ("validation error %", 2)}
+  labels = dict(curves)
+  for name in ("test_error", "val_error"):
+    label, digits = curves[name]
+    labels[f"min_{name}"] = (f"min {label}", digits)
+    labels[f"final_{name}"] = (f"final {label}", digits)
+  labels["best_epoch"] = ("epoch of min", 1)
+  labels["test_error_at_best_val"] = (
+      "test error % at the epoch of min validation error", 2)
+  for epoch in EARLY_EPOCHS:
+    for name, (label, digits) in curves.items():
+      labels[f"epoch{epoch}_{name}"] = (f"{label} after epoch {epoch}", digits)
+  labels["init_seconds"] = ("init s, median (first seed, incl. compile)", 2)
+  return labels
+
+
+LABELS = {name: label for name, (label, _) in _metric_labels().items()}
+DIGITS = {name: digits for name, (_, digits) in _metric_labels().items()}
+# Table columns; a metric a run does not have (epoch 10 of a 5-epoch run, or
+# validation error without a validation split) is left out (`present`).
+SUMMARY_METRICS = ("min_test_error", "best_epoch", "final_test_error",
+                   "init_seconds")
+EARLY_METRICS = tuple(f"epoch{e}_{name}"
+                      for name in ("train_loss", "test_error")
+                      for e in EARLY_EPOCHS)
+FINAL_METRICS = ("min_test_error", "final_test_error")
+
+
+class MLP(nn.Module):
+  """ReLU hidden layers, a linear output layer, zero biases."""
+  hidden: tuple[int, ...]
+  num_classes: int = 10
+  kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for width in self.hidden:
+      x = nn.relu(nn.Dense(width, kernel_init=self.kernel_init)(x))
+    return nn.Dense(self.num_classes, kernel_init=self.kernel_init)(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Init:
+  """An initializer with its options: what the runs of one table row start from.
+
+  Attributes:
+    init: one of `INITS`: a base initializer ("xavier", "he"), "lsuv", a
+      campaign with that base's candidates ("he+campaign") or its random-pick
+      control ("he+random": `campaign_linen(..., elect="random")`, the same
+      candidates picked uniformly at random).
+    options: keyword arguments for `nc_jax.campaign_linen`, e.g.
+      `{"alpha": 0.5}` or `{"candidates_per_neuron": 2}`; of these a
+      random-pick control uses only `candidates_per_neuron`.
+    score_rows: score the campaign on the first this many training images
+      only; None: on all of them.
+    labels: False runs the unsupervised campaign (`y=None`).
+
+  Examples:
+    >>> Init("he+campaign", {"alpha": 0.5}).name
+    'he+campaign alpha=0.5'
+    >>> Init("he+campaign", score_rows=500, labels=False).name
+    'he+campaign rows=500 y=None'
+  """
+  init: str
+  options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  score_rows: int | None = None
+  labels: bool = True
+
+  def __post_init__(self) -> None:
+    if self.init not in INITS:
+      raise ValueError(
+          f"unknown initializer {self.init!r}; choose from {INITS}.")
+    plain = self.init.partition("+")[2] == ""
+    if plain and (self.options or self.score_rows is not None
+                  or not self.labels):
+      raise ValueError(
+          f"{self.init!r} takes no campaign options; use `X+campaign` or "
+          "`X+random` to pass `options`, `score_rows` or `labels`.")
+
+  @property
+  def name(self) -> str:
+    """The run's name in tables: the initializer, then each option."""
+    parts = [self.init, *(f"{k}={v}" for k, v in self.options.items())]
+    if self.score_rows is not None:
+      parts.append(f"rows={self.score_rows}")
+    if not self.labels:
+      parts.append("y=None")
+    return " ".join(parts)
+
+
+def as_init(model_init: str | Init) -> Init:
+  """An `Init` from itself or from a name in `INITS` (no options)."""
+  return model_init if isinstance(model_init, Init) else Init(model_init)
+
+
+def initialize(model_init: str | Init, arch: str, key: jax.Array,
+               data: data_lib.Dataset) -> Any:
+  """Parameters of one MLP under one initializer, through the public API.
+
+  The data-dependent initializers (LSUV, campaign) see the training set.
+  """
+  spec = as_init(model_init)
+  base, _, method = spec.init.partition("+")
+  model = MLP(ARCHS[arch], data.num_classes,
+              BASE_INITS.get(base, nn.initializers.lecun_normal()))
+  if spec.init in BASE_INITS:
+    return model.init(key, data.x_train[:1])["params"]
+  if spec.init == "lsuv":
+    return nc_jax.lsuv_linen(model, key, data.x_train,
+                             progress=False)["params"]
+  rows = slice(spec.score_rows)
+  return nc_jax.campaign_linen(
+      model, key, data.x_train[rows],
+      data.y_train[rows] if spec.labels else None, elect=method,
+      progress=False, **spec.options)["params"]
+
+
+def _loss(model: MLP, params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+  logits = model.apply({"params": params}, x)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+@functools.partial(jax.jit, static_argnames=("model", "optimizer"))
+def train_epoch(params, opt_state, key, x, y, *, model, optimizer):
+  """One epoch for a stack of seeds: a `lax.scan` over shuffled batches.
+
+  Args: params, opt_state and key carry a leading seed axis; x, y are shared.
+  Returns the new params and optimizer state and each seed's mean loss.
+  """
+  steps = x.shape[0] // BATCH_SIZE
+
+  def one_seed(params, opt_state, key):
+    order = jax.random.permutation(key, x.shape[0])[:steps * BATCH_SIZE]
+    batches = order.reshape(steps, BATCH_SIZE)
+
+    def step(carry, rows):
+      params, opt_state = carry
+      loss, grads = jax.value_and_grad(functools.partial(_loss, model))(
+          params, x[rows], y[rows])
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), loss
+
+    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state),
+                                               batches)
+    return params, opt_state, losses.mean()
+
+  return jax.vmap(one_seed)(params, opt_state, key)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def error_rate(params, x, y, *, model):
+  """Each seed's error on (x, y), in percent."""
+  def one_seed(params):
+    logits = model.apply({"params": params}, x)
+    return 100.0 * jnp.mean(jnp.argmax(logits, -1) != y)
+  return jax.vmap(one_seed)(params)
+
+
+@dataclasses.dataclass
+class Run:
+  """One (architecture, initializer) pair over all seeds."""
+  arch: str
+  init: str                                    # the initializer's name
+  seeds: tuple[int, ...]
+  init_seconds: np.ndarray                     # (seeds,)
+  curves: dict[str, np.ndarray]                # metric -> (seeds, epochs)
+
+  @property
+  def epochs(self) -> int:
+    """The number of epochs trained."""
+    return self.curves["test_error"].shape[1]
+
+  def summary(self) -> dict[str, np.ndarray]:
+    """Each summary metric per seed (those the run's curves allow)."""
+    errors = self.curves["test_error"]
+    summary = {
+        "min_test_error": errors.min(1),
+        "best_epoch": errors.argmin(1) + 1.0,
+        "final_test_error": errors[:, -1],
+    }
+    if "val_error" in self.curves:
+      val = self.curves["val_error"]
+      summary["min_val_error"] = val.min(1)
+      summary["final_val_error"] = val[:, -1]
+      # Early stopping on the validation split, read on the test split.
+      summary["test_error_at_best_val"] = np.take_along_axis(
+          errors, val.argmin(1)[:, None], 1)[:, 0]
+    for epoch in EARLY_EPOCHS:
+      if epoch <= errors.shape[1]:
+        for name, values in self.curves.items():
+          summary[f"epoch{epoch}_{name}"] = values[:, epoch - 1]
+    summary["init_seconds"] = self.init_seconds
+    return summary
+
+
+def present(runs: Sequence[Run], metrics: Sequence[str]) -> list[str]:
+  """The summary metrics, in order, that every run has."""
+  summaries = [run.summary() for run in runs]
+  return [m for m in metrics if all(m in s for s in summaries)]
+
+
+def curve_metrics(runs: Sequence[Run]) -> list[str]:
+  """The epoch metrics, in order, that every run has a curve of."""
+  return [m for m in EPOCH_METRICS if all(m in r.curves for r in runs)]
+
+
+def train_and_evaluate(arch: str, model_init: str | Init,
+                       data: data_lib.Dataset, seeds: Sequence[int],
+                       epochs: int,
+                       on_epoch: Callable[[int], None] = lambda e: None) -> Run:
+  """Trains one MLP per seed from one initializer; returns the curves.
+
+  Seed `s` uses `init_key, order_key = jax.random.split(jax.random.key(s))`;
+  epoch `e` shuffles with `jax.random.fold_in(order_key, e)`, the same for
+  every initializer. After each epoch: the mean training loss, the test error
+  and, if `data` has a validation split, the validation error.
+  """
+  spec = as_init(model_init)
+  model = MLP(ARCHS[arch], data.num_classes)
+  params, init_seconds, order_keys = [], [], []
+  for seed in seeds:
+    init_key, order_key = jax.random.split(jax.random.key(seed))
+    start = time.perf_counter()
+    params.append(jax.block_until_ready(initialize(spec, arch, init_key, data)))
+    init_seconds.append(time.perf_counter() - start)
+    order_keys.append(order_key)
+  params = jax.tree.map(lambda *p: jnp.stack(p), *params)
+  order_keys = jnp.stack(order_keys)
+  opt_state = jax.vmap(OPTIMIZER.init)(params)
+  x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+  held_out = {"test_error": (data.x_test, data.y_test)}
+  if data.x_val is not None:
+    held_out["val_error"] = (data.x_val, data.y_val)
+  held_out = {name: tuple(map(jnp.asarray, xy))
+              for name, xy in held_out.items()}
+  curves = {name: [] for name in ("train_loss", *held_out)}
+  for epoch in range(epochs):
+    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(order_keys, epoch)
+    params, opt_state, loss = train_epoch(params, opt_state, keys, x, y,
+                                          model=model, optimizer=OPTIMIZER)
+    curves["train_loss"].append(np.asarray(loss))
+    for name, (x_eval, y_eval) in held_out.items():
+      curves[name].append(np.asarray(
+          error_rate(params, x_eval, y_eval, model=model)))
+    on_epoch(epoch + 1)
+  return Run(arch, spec.name, tuple(seeds), np.asarray(init_seconds),
+             {name: np.stack(v, axis=1) for name, v in curves.items()})
+
+
+def run_comparison(archs: Sequence[str], inits: Sequence[str | Init],
+                   data: data_lib.Dataset, seeds: Sequence[int],
+                   epochs: int, progress: bool = True) -> list[Run]:
+  """Trains every (arch, init) pair; a tqdm bar over runs."""
+  runs = []
+  pairs = [(a, as_init(i)) for a in archs for i in inits]
+  with tqdm.tqdm(pairs, desc="runs", unit="run", disable=not progress) as bar:
+    for arch, spec in bar:
+      bar.set_postfix_str(f"{arch} {spec.name}")
+      runs.append(train_and_evaluate(
+          arch, spec, data, seeds, epochs,
+          on_epoch=lambda e: bar.set_postfix_str(
+              f"{arch} {spec.name} epoch {e}/{epochs}")))
+  return runs
