@@ -8,14 +8,7 @@ import numpy as np
 from benchmarks import reports
 from benchmarks import stats
 from benchmarks import training
-
-
-def runs_with_errors(**errors):
-  """One-epoch runs on mlp2, seeds 0-2, with the given per-seed test errors."""
-  return [training.Run("mlp2", name.replace("_", "+"), (0, 1, 2), np.ones(3),
-                       {"test_error": np.array(e, float)[:, None],
-                        "train_loss": np.ones((len(e), 1))})
-          for name, e in errors.items()]
+from helpers import runs_with_errors
 
 
 def test_markdown_table():
