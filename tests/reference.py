@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-ZERO_RTOL = 1e-5  # Step 2 fix: "zero" norms, relative to the responses' scale
+ZERO_RTOL = 1e-5  # a criterion is zero at this fraction of its candidate's RMS
 RESIDUAL_RTOL = 1e-4  # Step 4 fix: exhausted residuals
 
 
@@ -32,8 +32,11 @@ def scores(z, labels, alpha):
   z = np.asarray(z, np.float64)
   m, n = z.shape
   rms = [math.sqrt(sum(z[i, j] ** 2 for i in range(m)) / m) for j in range(n)]
-  atol = ZERO_RTOL * math.sqrt(sum(r * r for r in rms))
-  div = unit([std(z[:, j]) for j in range(n)], atol)
+
+  def resolved(v):  # zero where at most ZERO_RTOL of the candidate's own RMS
+    return [v[j] if v[j] > ZERO_RTOL * rms[j] else 0.0 for j in range(n)]
+
+  div = unit(resolved([std(z[:, j]) for j in range(n)]), 0.0)
   if labels is None:
     return div, None, []
   labels = np.asarray(labels)
@@ -44,7 +47,7 @@ def scores(z, labels, alpha):
   between = [std([mu[c][j] for c in present]) for j in range(n)]
   within = [sum(std(z[labels == c, j]) for c in present) / len(present)
             for j in range(n)]
-  b, w = unit(between, atol), unit(within, atol)
+  b, w = unit(resolved(between), 0.0), unit(resolved(within), 0.0)
   acc = unit([b[j] - w[j] for j in range(n)], ZERO_RTOL)
   return np.array([alpha * div[j] + (1 - alpha) * acc[j] for j in range(n)]), mu, present
 

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import Phase, given, settings
+from jax.experimental import checkify
 
 import nc_jax
 from nc_jax._src import campaign
@@ -208,3 +209,74 @@ def test_property_finite_distinct_shape_dtype(m, fan_in, fan_out, extra, num_cla
                                      num_classes=num_classes)
   assert len(set(indices.tolist())) == fan_out
   np.testing.assert_array_equal(kernel, candidates[:, indices])
+
+
+def _jitted_init(num_classes=10, shape=(784, 16)):
+  return jax.jit(lambda x, y: nc_jax.campaign_init(x, y, num_classes=num_classes)(
+      jax.random.key(0), shape))
+
+
+def test_under_jit_a_nan_batch_gives_a_nan_kernel_and_a_checkify_error(
+    mnist_small):
+  # Under jit the batch's values are unknown when the factory runs; a NaN in
+  # it once gave a finite, plausible kernel (the first candidates).
+  x, y = mnist_small
+  bad = x.copy()
+  bad[3, 5] = np.nan
+  init = _jitted_init()
+  assert np.isfinite(init(x, y)).all()
+  assert np.isnan(init(bad, y)).all()
+  error, _ = checkify.checkify(init)(bad, y)
+  with pytest.raises(checkify.JaxRuntimeError, match="NaN or infinite"):
+    error.throw()
+  checkify.checkify(init)(x, y)[0].throw()  # clean input: no error
+
+
+def test_under_jit_out_of_range_labels_give_nan_and_a_checkify_error(
+    mnist_small):
+  x, y = mnist_small
+  bad = y.copy()
+  bad[0] = 12
+  init = _jitted_init()
+  assert np.isnan(init(x, bad)).all()
+  error, _ = checkify.checkify(init)(x, bad)
+  with pytest.raises(checkify.JaxRuntimeError,
+                     match=r"must lie in \[0, num_classes=10\)"):
+    error.throw()
+
+
+@pytest.mark.parametrize("ids", [[0, 1, 10**9], [0, 1, 10**5], [3, 7, 9]])
+def test_sparse_class_ids_are_mapped_to_dense_ids(ids):
+  # The ids present, in order, are the classes: {0, 1, 10**9} once sized
+  # the statistics by the largest id (an int32 overflow in JAX).
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(90, 6)).astype(np.float32)
+  dense = np.arange(90) % 3
+  sparse = np.asarray(ids, np.int64)[dense]
+  key = jax.random.key(2)
+  want = nc_jax.campaign_init(x, dense)(key, (6, 9))
+  np.testing.assert_array_equal(nc_jax.campaign_init(x, sparse)(key, (6, 9)), want)
+  if max(ids) < 100:  # one-hot labels with absent classes, too
+    one_hot = np.eye(max(ids) + 1, dtype=np.float32)[sparse]
+    np.testing.assert_array_equal(
+        nc_jax.campaign_init(x, one_hot)(key, (6, 9)), want)
+
+
+def test_traced_labels_need_an_int32_num_classes():
+  with pytest.raises(ValueError, match="int32 holds"):
+    jax.jit(lambda y: nc_jax.campaign_init(X, y, num_classes=2**31)(
+        jax.random.key(0), (6, 4)))(Y)
+
+
+@pytest.mark.parametrize("batch, shape, match", [
+    (np.zeros((10, 0), np.float32), (0, 4), "has no features"),
+    (np.zeros((10, 0, 3), np.float32), (0, 4), "has no features"),
+])
+def test_a_batch_without_features_is_refused(batch, shape, match):
+  with pytest.raises(ValueError, match=match):
+    nc_jax.campaign_init(batch, None)(jax.random.key(0), shape)
+
+
+def test_an_empty_kernel_shape_is_refused():
+  with pytest.raises(ValueError, match="fan_in >= 1 and fan_out >= 1"):
+    nc_jax.random_pick_init()(jax.random.key(0), (0, 4))

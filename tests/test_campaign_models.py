@@ -316,3 +316,26 @@ def test_errors(data, call, error, match):
     warnings.simplefilter("ignore", UserWarning)
     with pytest.raises(error, match=match):
       call(x, y)
+
+
+def test_a_shared_layer_left_out_does_not_warn(data):
+  # The warning about shared weights once fired for a layer `layers=` leaves
+  # out, which keeps its own init.
+  x, y = data
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    got = nc_jax.campaign_linen(models.SharedDense(), jax.random.key(0), x, y,
+                                layers=lambda path: path != "inner",
+                                progress=False)
+  assert "inner" in got["params"]
+
+
+def test_int_keys_are_seeds_everywhere(data):
+  # campaign_nnx and lsuv_nnx took an int seed; the linen functions failed
+  # with a PRNG error. All four take one now, as jax.random.key(seed).
+  x, y = data
+  model = models.MLP(SIZES[1:])
+  for walk in (lambda k: nc_jax.campaign_linen(model, k, x, y, progress=False),
+               lambda k: nc_jax.lsuv_linen(model, k, x, progress=False)):
+    jax.tree.map(np.testing.assert_array_equal, walk(3),
+                 walk(jax.random.key(3)))

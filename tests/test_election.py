@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from jax.experimental import checkify
 
 import nc_jax
 import reference
@@ -118,3 +119,31 @@ def test_traced_groups_need_num_groups():
   with pytest.raises(ValueError, match="pass `num_groups=`"):
     jax.jit(lambda g: nc_jax.select_neurons(np.eye(3), np.ones(3), 2, g))(
         jnp.zeros(3, jnp.int32))
+
+
+@pytest.mark.parametrize("w, scores, match", [
+    (np.ones((2, 4)), np.array([0.1, np.nan, 0.3, 0.2]), "`scores` has 1 NaN"),
+    (np.array([[1.0, np.inf, 0, 1], [0, 1, 1, 1]]), np.ones(4), "`candidates` has 1 NaN"),
+])
+def test_non_finite_input_is_refused(w, scores, match):
+  # NaN scores or candidates once returned the first k candidates.
+  with pytest.raises(ValueError, match=match):
+    nc_jax.select_neurons(w, scores, 2)
+
+
+def test_under_jit_non_finite_input_raises_under_checkify():
+  elect = jax.jit(lambda w, s: nc_jax.select_neurons(w, s, 2))
+  error, _ = checkify.checkify(elect)(np.ones((2, 4)),
+                                      np.array([0.1, np.nan, 0.3, 0.2]))
+  with pytest.raises(checkify.JaxRuntimeError, match="must be finite"):
+    error.throw()
+
+
+def test_sparse_group_ids_are_mapped_to_dense_ids():
+  rng = np.random.default_rng(3)
+  w, scores = rng.normal(size=(5, 30)), rng.uniform(size=30)
+  groups = np.arange(30) % 3
+  want = nc_jax.select_neurons(w, scores, 9, groups)
+  sparse = np.array([0, 10**5, 10**9])[groups]  # same order as 0, 1, 2
+  np.testing.assert_array_equal(nc_jax.select_neurons(w, scores, 9, sparse),
+                                want)

@@ -1,9 +1,12 @@
 """Step 3: `class_quotas`, the published water filling."""
 
 import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from jax.experimental import checkify
 
 import nc_jax
 import reference
@@ -34,3 +37,22 @@ def test_matches_reference(sizes, data):
 def test_too_few_candidates():
   with pytest.raises(ValueError, match="fewer than k=5"):
     nc_jax.class_quotas([1, 2], 5)
+
+
+@pytest.mark.parametrize("sizes, k, error, match", [
+    ([-3, 10], 5, ValueError, "must be non-negative"),
+    ([1.5, 2.0], 1, ValueError, "must be int sizes"),
+    ([[1, 2]], 1, ValueError, r"shape \(G,\)"),
+    ([1, 2], 1.0, ValueError, "`k` must be a non-negative int"),
+])
+def test_bad_input(sizes, k, error, match):
+  # [-3, 10] once gave quotas [-3, 8]; float sizes were truncated silently.
+  with pytest.raises(error, match=match):
+    nc_jax.class_quotas(sizes, k)
+
+
+def test_under_jit_negative_sizes_raise_under_checkify():
+  quotas = jax.jit(lambda s: nc_jax.class_quotas(s, 5))
+  error, _ = checkify.checkify(quotas)(jnp.array([-3, 10]))
+  with pytest.raises(checkify.JaxRuntimeError, match="non-negative"):
+    error.throw()

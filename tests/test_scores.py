@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental import checkify
 
 import nc_jax
 import reference
@@ -121,3 +122,64 @@ def test_jit_matches_eager_and_bfloat16_input(mnist):
 def test_bad_input(z, labels, kwargs, error, match):
   with pytest.raises(error, match=match):
     nc_jax.neuron_scores(z, labels, **kwargs)
+
+
+def test_zero_is_judged_per_candidate_not_against_the_largest(mnist):
+  # One column with mean 1e7 once zeroed every criterion of all the others,
+  # whose spread is of order one: "zero" was judged against the batch's
+  # largest scale. Each candidate is now judged against its own.
+  z, y = _mnist_responses(mnist, m=300, n=20)
+  z = z.astype(np.float32)
+  z[:, 0] += 1e7
+  want, _, _ = reference.scores(z, y, 0.5)
+  got = nc_jax.neuron_scores(z, y, alpha=0.5)
+  assert np.count_nonzero(got[1:]) == 19
+  np.testing.assert_allclose(got[1:], want[1:], rtol=1e-3, atol=1e-4)
+
+
+def test_a_constant_candidate_is_zero_beside_varying_ones():
+  z = np.random.default_rng(0).normal(size=(500, 4)).astype(np.float32)
+  z[:, 2] = 4.25  # constant, at a scale like the others'
+  got = np.asarray(nc_jax.neuron_scores(z, alpha=1.0))
+  assert got[2] == 0.0 and np.all(got[[0, 1, 3]] > 0.4)
+
+
+@pytest.mark.parametrize("scale", [2.0**60, 1e19, 1e30, 2.0**-100, 1e-35])
+def test_huge_and_tiny_responses_match_the_reference(mnist, scale):
+  # Squares of responses near 1e19 overflowed float32 (NaN scores), and of
+  # responses near 1e-30 underflowed (every candidate "constant"); the sums
+  # are now taken scaled by a power of two per candidate.
+  z, y = _mnist_responses(mnist, m=300, n=20)
+  z = (z * scale).astype(np.float32)
+  want, _, _ = reference.scores(z.astype(np.float64), y, 0.5)
+  got = nc_jax.neuron_scores(z, y, alpha=0.5)
+  np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+def test_responses_beyond_float32_are_dropped_with_a_warning():
+  # A finite batch whose products overflow: the candidates with a first
+  # weight above 3.4e38 / 3e38 respond +inf to row 7. They score 0, with a
+  # warning; the others are scored as usual.
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(200, 8)).astype(np.float32)
+  x[7, 0] = 3e38
+  w = rng.normal(size=(8, 30)).astype(np.float32)
+  overflowing = int(np.sum(w[0] > np.finfo(np.float32).max / 3e38))
+  assert 0 < overflowing < 30
+  with pytest.warns(nc_jax.CriterionDroppedWarning,
+                    match=f"{overflowing} candidate"):
+    picked = nc_jax.campaign_select(x, np.arange(200) % 3, w, 5)
+  assert len(set(picked.tolist())) == 5
+
+
+def test_under_jit_out_of_range_labels_give_nan_scores_and_a_checkify_error(
+    mnist):
+  z, y = _mnist_responses(mnist, m=200, n=20)
+  bad = np.array(y)
+  bad[4] = -1
+  score = jax.jit(lambda z, y: nc_jax.neuron_scores(z, y, num_classes=10))
+  assert np.isfinite(score(z, y)).all()
+  assert np.isnan(score(z, bad)).all()
+  error, _ = checkify.checkify(score)(z, bad)
+  with pytest.raises(checkify.JaxRuntimeError, match="must lie in"):
+    error.throw()

@@ -1,4 +1,4 @@
-"""A batch sharded along m over a device mesh: same kernel, one all-reduce.
+"""A batch sharded along m over a device mesh: same kernel, two small all-reduces.
 
 Runs in a subprocess with 4 CPU devices (`--xla_force_host_platform_device_count`),
 since the device count is fixed when JAX starts.
@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent("""
     xs = jax.device_put(jnp.asarray(x), NamedSharding(mesh, P("data")))
     ys = jax.device_put(jnp.asarray(y), NamedSharding(mesh, P("data")))
     key = jax.random.key(0)
-    first_row, sharding = placement.placement(xs)
+    _, _, first_row, sharding = placement.placement(xs, ys)
     assert sharding == (mesh, "data"), sharding
     for chunk_size in (None, 128):  # local chunks of 128 of each device's 500
       one = nc_jax.campaign_init(x, y, chunk_size=chunk_size)(key, (784, 64))
@@ -43,9 +43,11 @@ SCRIPT = textwrap.dedent("""
       collectives = re.findall(
           r"= (\\S+) (all-gather|all-reduce|all-to-all|reduce-scatter|"
           r"collective-permute|collective-broadcast)(?:-start)?\\(", hlo)
-      # One all-reduce of the packed class sums: counts (10) and the sums
-      # and sums of squares (10 x 320 each); nothing else crosses devices.
-      assert collectives == [("f32[6410]{0}", "all-reduce")], collectives
+      # Two all-reduces: the max of the candidates' scale exponents (320),
+      # then the packed class sums, counts (10) and the sums and sums of
+      # squares (10 x 320 each); nothing else crosses devices.
+      assert collectives == [("s32[320]{0}", "all-reduce"),
+                             ("f32[6410]{0}", "all-reduce")], collectives
 
     # A whole model: every layer's input stays sharded, so every layer is
     # scored where its rows lie, and the variables equal one device's.
@@ -54,15 +56,34 @@ SCRIPT = textwrap.dedent("""
                            nn.Dense(10)])
     want = nc_jax.campaign_linen(model, key, x, y, progress=False)
     seen, find = [], placement.placement
-    placement.placement = lambda a: seen.append(find(a)[1]) or find(a)
+    placement.placement = lambda *a: seen.append(find(*a)[3]) or find(*a)
     got = nc_jax.campaign_linen(model, key, xs, y, progress=False)
     assert seen == [(mesh, "data")] * 3, seen
     jax.tree.map(np.testing.assert_array_equal, want, got)
+
+    # Meshes as docs/scaling.md builds them: `jax.make_mesh` gives Explicit
+    # axes, on which slicing or reducing a sharded axis must name its output
+    # sharding. 1-D and 2-D meshes, rows over one axis or two; eager, under
+    # jit, and whole models.
+    for shape, names, rows in [((4,), ("data",), "data"),
+                               ((2, 2), ("data", "model"), "data"),
+                               ((2, 2), ("a", "b"), ("a", "b"))]:
+      mesh = jax.make_mesh(shape, names)
+      assert set(mesh.axis_types) == {jax.sharding.AxisType.Explicit}
+      xs = jax.device_put(jnp.asarray(x), NamedSharding(mesh, P(rows)))
+      ys = jax.device_put(jnp.asarray(y), NamedSharding(mesh, P(rows)))
+      one = nc_jax.campaign_init(x, y)(key, (784, 64))
+      np.testing.assert_array_equal(one, nc_jax.campaign_init(xs, ys)(key, (784, 64)))
+      jitted = jax.jit(lambda x, y: nc_jax.campaign_init(x, y, num_classes=10)(
+          key, (784, 64)))
+      np.testing.assert_array_equal(one, jitted(xs, ys))
+      got = nc_jax.campaign_linen(model, key, xs, ys, progress=False)
+      jax.tree.map(np.testing.assert_array_equal, want, got)
     print("OK")
 """)
 
 
-def test_sharded_batch_gives_the_same_kernel_with_one_all_reduce():
+def test_sharded_batch_gives_the_same_kernel_and_is_never_gathered():
   root = pathlib.Path(__file__).resolve().parents[1]
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
          "JAX_PLATFORMS": "cpu"}

@@ -76,8 +76,9 @@ def _check_shape(shape: Any) -> tuple[int, int]:
         f"`shape` must be a dense kernel's (fan_in, fan_out), got {shape}; "
         "campaign initialization elects columns of 2-D kernels (flax `Dense`, "
         "`nnx.Linear`).")
-  if shape[1] < 1:
-    raise ValueError(f"`shape` must have fan_out >= 1, got {shape}.")
+  if shape[0] < 1 or shape[1] < 1:
+    raise ValueError(
+        f"`shape` must have fan_in >= 1 and fan_out >= 1, got {shape}.")
   return int(shape[0]), int(shape[1])
 
 
@@ -166,7 +167,13 @@ def campaign_select(
     int32 indices of the elected candidates, shape `(k,)`, in Step 5's order.
 
   Raises:
-    ValueError, TypeError: for malformed input, named in the message.
+    ValueError, TypeError: for malformed input, named in the message. Shapes,
+      dtypes and options are always checked here. Values (NaN or infinite
+      entries in `batch` or `candidates`, labels outside `[0, C)`, one-hot
+      rows) are checked here when the arrays are concrete, also when they
+      are sharded over many devices or processes. Under `jax.jit` they are
+      `checkify` checks, which raise when the caller wraps the function with
+      `jax.experimental.checkify.checkify`.
 
   Examples:
     >>> import jax
@@ -195,11 +202,13 @@ def campaign_select(
   alpha = validation.check_alpha(alpha)
   bias = validation.check_bias(bias)
   chunk_size = validation.check_chunk_size(chunk_size)
-  first_row, row_sharding = placement.placement(x)
+  validation.check_finite(candidates, "candidates")
+  validation.traced_checks(x, labels, num_classes)
+  x, labels, first_row, row_sharding = placement.placement(x, labels)
   options = _options(x, candidates.shape[1], row_sharding,
                      activation=activation, class_balanced=class_balanced,
                      num_classes=num_classes, chunk_size=chunk_size)
-  scores, groups, dropped = _campaign_scores(
+  scores, groups, dropped = placement.on_auto_axes(_campaign_scores, x)(
       x, first_row, labels, candidates, alpha, bias, options)
   scores_lib.warn_if_dropped(dropped)
   return election.elect_compiled(candidates.astype(x.dtype), scores, groups,
@@ -271,7 +280,14 @@ def campaign_init(
 
   Raises:
     ValueError, TypeError: here for malformed batch, labels or options, and
-      from `init` for a shape that does not fit the batch.
+      from `init` for a shape that does not fit the batch. Shapes, dtypes and
+      options are always checked eagerly; values (NaN or infinite entries,
+      labels outside `[0, C)`, one-hot rows) are checked eagerly when the
+      batch and labels are concrete (where they lie, when sharded). When they
+      are traced (the factory called inside `jax.jit`), the same value checks
+      are `checkify` checks, which raise when the caller wraps the function
+      with `jax.experimental.checkify.checkify`, and a batch or labels that
+      fail them make the kernel NaN: never a plausible kernel.
 
   Examples:
     >>> import jax
@@ -297,7 +313,9 @@ def campaign_init(
   validation.check_positive_int(num_candidates, "num_candidates",
                                 allow_none=True)
   validation.check_callables(base_init=base_init, activation=activation)
-  first_row, row_sharding = placement.placement(x)
+  valid = validation.traced_checks(x, int_labels, num_classes)
+  x, int_labels, first_row, row_sharding = placement.placement(
+      x, int_labels)
 
   def init(key: jax.Array, shape: tuple[int, ...],
            dtype: DTypeLike = jnp.float32) -> jax.Array:
@@ -309,14 +327,17 @@ def campaign_init(
     options = _options(x, n, row_sharding, activation=activation,
                        class_balanced=class_balanced, num_classes=num_classes,
                        chunk_size=chunk_size)
-    w, scores, groups, dropped = _campaign_kernel(
+    w, scores, groups, dropped = placement.on_auto_axes(_campaign_kernel, x)(
         key, x, first_row, int_labels, alpha, bias, base_init=base_init,
         shape=(fan_in, fan_out), dtype=dtype, num_candidates=n,
         options=options)
     scores_lib.warn_if_dropped(dropped)
     indices = election.elect_compiled(  # on the candidates as scored
         w.astype(x.dtype), scores, groups, options.num_groups, fan_out)
-    return w[:, indices]  # Step 5: the raw candidate columns
+    kernel = w[:, indices]  # Step 5: the raw candidate columns
+    # Traced input that fails a value check gives NaN, never a plausible
+    # kernel.
+    return kernel if valid is None else jnp.where(valid, kernel, jnp.nan)
 
   return init
 

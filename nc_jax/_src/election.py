@@ -14,6 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 from jax.typing import ArrayLike
 
 from nc_jax._src import placement
@@ -69,7 +70,8 @@ def class_quotas(group_sizes: ArrayLike, k: int) -> jax.Array:
     int32 quotas of shape `(G,)`, each at most its group's size, summing to k.
 
   Raises:
-    ValueError: if k is negative or the groups hold fewer than k candidates.
+    ValueError: for sizes that are not non-negative ints, a negative k, or
+      groups that hold fewer than k candidates.
 
   Examples:
     >>> import nc_jax
@@ -78,16 +80,28 @@ def class_quotas(group_sizes: ArrayLike, k: int) -> jax.Array:
     >>> nc_jax.class_quotas([1, 0, 20, 5], 12)
     Array([1, 0, 6, 5], dtype=int32)
   """
-  sizes = jnp.asarray(group_sizes, jnp.int32)
-  if sizes.ndim != 1:
+  if not isinstance(group_sizes, jax.Array):
+    group_sizes = np.asarray(group_sizes)
+  if group_sizes.ndim != 1 or not jnp.issubdtype(group_sizes.dtype,
+                                                  jnp.integer):
     raise ValueError(
-        f"`group_sizes` must have shape (G,), got {sizes.shape}.")
+        f"`group_sizes` must be int sizes of shape (G,), got dtype "
+        f"{group_sizes.dtype} and shape {group_sizes.shape}; sizes count "
+        "candidates, so pass whole numbers.")
   validation.check_k(k, None)
-  if placement.is_concrete(sizes) and int(sizes.sum()) < k:
-    raise ValueError(
-        f"the groups hold {int(sizes.sum())} candidates, fewer than k={k}; "
-        "draw more candidates or elect fewer neurons.")
-  return _class_quotas(sizes, k)
+  if placement.is_concrete(group_sizes):
+    values = validation.host_values(group_sizes)
+    if values.size and values.min() < 0:
+      raise ValueError(
+          f"`group_sizes` must be non-negative, got {values.tolist()}.")
+    if int(values.sum()) < k:
+      raise ValueError(
+          f"the groups hold {int(values.sum())} candidates, fewer than k={k}; "
+          "draw more candidates or elect fewer neurons.")
+  else:
+    checkify.debug_check(jnp.all(group_sizes >= 0),
+                         "`group_sizes` must be non-negative.")
+  return _class_quotas(jnp.asarray(group_sizes, jnp.int32), k)
 
 
 class _ElectionConstants(NamedTuple):
@@ -431,8 +445,10 @@ def select_neurons(
     group by group in id order and by election order inside each group.
 
   Raises:
-    ValueError: for mismatched shapes, k out of range, or groups outside
-      `[0, num_groups)`.
+    ValueError: for mismatched shapes, k out of range, non-finite
+      candidates or scores, or groups outside `[0, num_groups)`. Under
+      `jax.jit` the values are checked by `checkify` checks that raise when
+      the caller wraps it with `jax.experimental.checkify.checkify`.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -454,32 +470,15 @@ def select_neurons(
         f"`scores` must have shape (N,) = ({num_candidates},) to match "
         f"`candidates`, got {scores.shape}.")
   validation.check_k(k, num_candidates)
+  validation.check_finite(candidates, "candidates")
+  validation.check_finite(scores, "scores")
+  if not (placement.is_concrete(candidates) and placement.is_concrete(scores)):
+    checkify.debug_check(
+        jnp.all(jnp.isfinite(candidates)) & jnp.all(jnp.isfinite(scores)),
+        "`candidates` and `scores` must be finite.")
   if groups is None:
     groups, num_groups = jnp.zeros(num_candidates, jnp.int32), 1
   else:
-    groups, num_groups = _check_groups(groups, num_candidates, num_groups)
+    groups, num_groups = validation.as_group_ids(groups, num_candidates,
+                                                 num_groups)
   return elect_compiled(candidates, scores, groups, num_groups, k)
-
-
-def _check_groups(groups: ArrayLike, num_candidates: int,
-                  num_groups: int | None) -> tuple[jax.Array, int]:
-  if not isinstance(groups, jax.Array):
-    groups = np.asarray(groups)
-  if groups.shape != (num_candidates,) or not jnp.issubdtype(
-      groups.dtype, jnp.integer):
-    raise ValueError(
-        f"`groups` must be int group ids of shape (N,) = ({num_candidates},), "
-        f"got dtype {groups.dtype} and shape {groups.shape}.")
-  if placement.is_concrete(groups) and num_candidates:
-    values = np.asarray(groups)
-    low, high = int(values.min()), int(values.max())
-    num_groups = high + 1 if num_groups is None else num_groups
-    if low < 0 or high >= num_groups:
-      raise ValueError(
-          f"`groups` must lie in [0, num_groups={num_groups}), got values in "
-          f"[{low}, {high}].")
-  elif num_groups is None:
-    raise ValueError(
-        "`groups` are traced, so their count cannot be read off them; pass "
-        "`num_groups=` explicitly.")
-  return jnp.asarray(groups, jnp.int32), num_groups

@@ -48,7 +48,7 @@ def _lsuv_rule(key: jax.Array, tol: float,
 
 def lsuv_linen(
     model: nn.Module,
-    key: jax.Array,
+    key: jax.Array | int,
     x: ArrayLike,
     *,
     tol: float = 0.1,
@@ -70,7 +70,7 @@ def lsuv_linen(
 
   Args:
     model: a flax.linen module.
-    key: a PRNG key.
+    key: a PRNG key or an int seed.
     x: the batch, as the model's `__call__` takes it.
     tol: tolerance on the output variance, `|var - 1| < tol`.
     max_iters: most rescalings per layer.
@@ -103,7 +103,7 @@ def lsuv_linen(
     https://arxiv.org/abs/1511.06422.
   """
   x, _, _ = validation.check_model_batch(x, None, None)
-  init_key, lsuv_key = jax.random.split(key)
+  init_key, lsuv_key = jax.random.split(validation.as_key(key))
   return traversal.walk_linen(model, init_key, x,
                               _lsuv_rule(lsuv_key, tol, max_iters),
                               layers=layers, progress=progress, desc="LSUV",

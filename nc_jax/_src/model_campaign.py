@@ -171,7 +171,7 @@ _NNX_DEFAULT_INIT = nnx.initializers.lecun_normal()
 
 def campaign_linen(
     model: nn.Module,
-    key: jax.Array,
+    key: jax.Array | int,
     x: ArrayLike,
     y: ArrayLike | None = None,
     *,
@@ -200,7 +200,7 @@ def campaign_linen(
 
   Args:
     model: a flax.linen module.
-    key: a PRNG key.
+    key: a PRNG key or an int seed.
     x: the batch the campaign is scored on, as the model's `__call__` takes it.
     y: int class ids `(m,)`, one-hot `(m, C)`, or None (unsupervised campaign).
     alpha: weight of the input-information criterion per layer: a float for
@@ -254,7 +254,7 @@ def campaign_linen(
     Bottleneck Theory", CIKM 2021, https://arxiv.org/abs/2108.06530.
   """
   x, labels, num_classes = validation.check_model_batch(x, y, num_classes)
-  init_key, campaign_key = jax.random.split(key)
+  init_key, campaign_key = jax.random.split(validation.as_key(key))
   make_rule = _campaign_rule(
       campaign_key, labels, num_classes, alpha=alpha, activation=activation,
       candidates_per_neuron=candidates_per_neuron, base_init=base_init,

@@ -9,10 +9,13 @@ dtype and matmul precision the statistics use.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
+
+T = TypeVar("T")
 
 # `(mesh, axes)`: a batch split along its rows over these mesh axes.
 RowSharding = tuple[jax.sharding.Mesh, Any]
@@ -60,19 +63,68 @@ def auto_chunk_size(chunk_size: int | None, m: int, num_candidates: int,
   return None if rows >= m else rows
 
 
-def placement(x: jax.Array) -> tuple[jax.Array, RowSharding | None]:
-  """`(first_row, row_sharding)` of a batch.
+def auto_axes(a: jax.Array | None) -> jax.Array | None:
+  """`a` on the same devices and layout, with Auto mesh axes.
 
-  `first_row` is `x[:1]`, the input of the responses every row is shifted by;
+  `jax.make_mesh` builds Explicit axes, under which slicing and reducing a
+  sharded axis must name its output sharding; the campaign places its
+  reductions itself (`scores.response_moments`), so it works on Auto axes.
+  The buffers stay where they are: nothing is copied or gathered.
+  """
+  if a is None or not is_concrete(a) or not isinstance(a, jax.Array):
+    return a
+  sharding = a.sharding
+  if not isinstance(sharding, jax.sharding.NamedSharding) or all(
+      t == jax.sharding.AxisType.Auto for t in sharding.mesh.axis_types):
+    return a
+  mesh = sharding.mesh
+  auto = jax.sharding.Mesh(
+      mesh.devices, mesh.axis_names,
+      axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
+  return jax.device_put(a, jax.sharding.NamedSharding(auto, sharding.spec))
+
+
+def placement(x: jax.Array, labels: jax.Array | None
+              ) -> tuple[jax.Array, jax.Array | None, jax.Array,
+                         RowSharding | None]:
+  """`(x, labels, first_row, row_sharding)`: the batch placed for scoring.
+
+  `x` and `labels` come back on Auto mesh axes (`auto_axes`); `first_row` is
+  `x[:1]`, the input of the responses every row is shifted by (None for a
+  traced `x`: the scoring slices it);
   `row_sharding` is `(mesh, axes)` when `x` is split along its rows only over
   several devices, in which case the first row is put on every device.
   """
-  sharding = x.sharding if (is_concrete(x)
-                            and isinstance(x, jax.Array)) else None
+  if not is_concrete(x):  # sliced inside the trace (`on_auto_axes`)
+    return x, labels, None, None
+  x, labels = auto_axes(x), auto_axes(labels)
+  sharding = x.sharding if isinstance(x, jax.Array) else None
   if (not isinstance(sharding, jax.sharding.NamedSharding)
       or len(sharding.device_set) < 2 or not sharding.spec
       or sharding.spec[0] is None or any(sharding.spec[1:])):
-    return x[:1], None
-  return jax.device_put(x[:1], jax.sharding.NamedSharding(
-      sharding.mesh, jax.sharding.PartitionSpec())), (sharding.mesh,
-                                                      sharding.spec[0])
+    return x, labels, x[:1], None
+  first_row = jax.device_put(x[:1], jax.sharding.NamedSharding(
+      sharding.mesh, jax.sharding.PartitionSpec()))
+  return x, labels, first_row, (sharding.mesh, sharding.spec[0])
+
+
+def on_auto_axes(fn: Callable[..., T], x: jax.Array) -> Callable[..., T]:
+  """`fn`, run with Auto mesh axes when `x` is traced on Explicit ones.
+
+  Inside a user's `jit` an Explicit-axes batch cannot be re-placed as
+  `auto_axes` does for concrete arrays; `jax.sharding.auto_axes` lets the
+  compiler place `fn`'s work instead, and returns replicated results.
+  """
+  if is_concrete(x):
+    return fn
+  mesh = jax.typeof(x).sharding.mesh
+  if all(t != jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+    return fn
+
+  def on_auto(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh):
+      return jax.sharding.auto_axes(
+          functools.partial(fn, **kwargs),
+          out_sharding=jax.sharding.PartitionSpec())(*args)
+
+  return on_auto

@@ -34,39 +34,90 @@ class CriterionDroppedWarning(UserWarning):
   """A criterion of the campaign's score carries no information on the batch."""
 
 
+# Deviations from the shift are summed as they are while their peak lies in
+# [2**-_SCALE_BITS, 2**_SCALE_BITS); a candidate's deviations outside it are
+# summed scaled by a power of two (exact) to a peak at its edge, so that no
+# square overflows or underflows float32: squares stay under 2**80, and sums
+# of them under float32's 2**128 for any number of rows below 2**47.
+_SCALE_BITS = 40
+# The exponent of sums of zeros: below any other, so that merging them
+# (`add_sums`) takes the other side's; 0 once all sums are merged.
+_NO_SCALE = -1000
+
+
 class ClassMoments(NamedTuple):
   """Per-class moments of the responses `z` (shape `(m, N)`) of N candidates.
 
   Means are stored relative to `shift` (the batch's first row), which keeps
-  constant columns exactly constant and offset data well conditioned.
+  constant columns exactly constant and offset data well conditioned; and
+  candidate j's in units of `2**exponent[j]` (`_SCALE_BITS`).
   """
 
   count: jax.Array  # (C,) samples per class
-  mean: jax.Array  # (C, N) class means of z - shift
-  m2: jax.Array  # (C, N) sums of squared deviations from the class mean
+  mean: jax.Array  # (C, N) class means of z - shift, in units 2**exponent
+  m2: jax.Array  # (C, N) sums of squared deviations from the class mean, units 4**exponent
   shift: jax.Array  # (N,) reference response subtracted before summing
+  exponent: jax.Array  # (N,) int32, 0 unless a candidate's responses are huge or tiny
 
 
 class ClassSums(NamedTuple):
-  """Per-class sums of the shifted responses `d = z - shift`.
+  """Per-class sums of the shifted responses `d = z - shift`, scaled.
 
-  Sums add up over row chunks and over devices, so one pass over the batch
-  and one cross-device reduction give the statistics of all of it.
+  Sums add up over row chunks and over devices (`add_sums`), so one pass
+  over the batch and one cross-device reduction give the statistics of all
+  of it. Candidate j's sums are of `d * 2**-exponent[j]`.
   """
 
   count: jax.Array  # (C,) samples per class
-  first: jax.Array  # (C, N) sums of d
-  second: jax.Array  # (C, N) sums of d ** 2
+  first: jax.Array  # (C, N) sums of d * 2**-exponent
+  second: jax.Array  # (C, N) sums of (d * 2**-exponent) ** 2
+  exponent: jax.Array  # (N,) int32
 
 
 class Dropped(NamedTuple):
-  """Which criteria dropped out of the score, as bool scalars.
+  """Which criteria dropped out of the score, as scalars.
 
   docs/algorithm.md#defects-of-the-published-code-and-our-fixes.
   """
 
   input_info: jax.Array  # every candidate's response is constant
   label_info: jax.Array  # labels given, but fewer than two classes present
+  overflowed: jax.Array  # int32, candidates whose responses are not finite
+
+
+def _pow2(exponent: jax.Array, dtype: jnp.dtype) -> jax.Array:
+  """`2.0 ** exponent`, exactly, in `dtype`."""
+  return jnp.ldexp(jnp.ones(exponent.shape, dtype), exponent)
+
+
+def _scale_exponent(d: jax.Array) -> jax.Array:
+  """Per column, the power of two to divide `d` by: 0 for a peak inside
+  `[2**-_SCALE_BITS, 2**_SCALE_BITS)`, `_NO_SCALE` for an all-zero column."""
+  peak = jnp.max(jnp.abs(d), axis=0)
+  _, exponent = jnp.frexp(peak)  # peak = f * 2**exponent, f in [0.5, 1)
+  exponent = (jnp.maximum(exponent - _SCALE_BITS, 0)
+              + jnp.minimum(exponent + _SCALE_BITS, 0))
+  return jnp.where(peak > 0, exponent, _NO_SCALE).astype(jnp.int32)
+
+
+def _settled(exponent: jax.Array) -> jax.Array:
+  """The exponent to scale by: `_NO_SCALE` (sums of zeros) scales by 1."""
+  return jnp.where(exponent == _NO_SCALE, 0, exponent)
+
+
+def rescale_sums(sums: ClassSums, exponent: jax.Array) -> ClassSums:
+  """`sums` expressed with the larger `exponent` (exact powers of two)."""
+  down = _pow2(sums.exponent - exponent, sums.first.dtype)[None, :]
+  return ClassSums(sums.count, sums.first * down, sums.second * (down * down),
+                   exponent)
+
+
+def add_sums(a: ClassSums, b: ClassSums) -> ClassSums:
+  """The sums of two disjoint sets of rows."""
+  exponent = jnp.maximum(a.exponent, b.exponent)
+  a, b = rescale_sums(a, exponent), rescale_sums(b, exponent)
+  return ClassSums(a.count + b.count, a.first + b.first, a.second + b.second,
+                   exponent)
 
 
 def class_sums(z: jax.Array, labels: jax.Array | None, num_classes: int,
@@ -77,12 +128,14 @@ def class_sums(z: jax.Array, labels: jax.Array | None, num_classes: int,
   With `labels=None` there is one class holding every sample.
   """
   d = z - shift[None, :]
+  exponent = _scale_exponent(d)
+  d = d * _pow2(-_settled(exponent), d.dtype)[None, :]
   if labels is None:
     onehot = jnp.ones((z.shape[0], 1), z.dtype)
   else:
     onehot = jax.nn.one_hot(labels, num_classes, dtype=z.dtype)
   return ClassSums(onehot.sum(axis=0), placement.exact_matmul(onehot.T, d),
-                   placement.exact_matmul(onehot.T, d * d))
+                   placement.exact_matmul(onehot.T, d * d), exponent)
 
 
 def moments_from_sums(sums: ClassSums, shift: jax.Array) -> ClassMoments:
@@ -96,7 +149,7 @@ def moments_from_sums(sums: ClassSums, shift: jax.Array) -> ClassMoments:
   safe = jnp.maximum(sums.count, 1)[:, None]
   mean = sums.first / safe
   m2 = jnp.maximum(sums.second - sums.first * mean, 0.0)
-  return ClassMoments(sums.count, mean, m2, shift)
+  return ClassMoments(sums.count, mean, m2, shift, _settled(sums.exponent))
 
 
 def _response_sums(
@@ -124,11 +177,12 @@ def _response_sums(
     chunk_labels = jnp.where(
         fresh, jax.lax.dynamic_slice_in_dim(labels, begin, chunk_size), classes)
     sums = class_sums(respond(rows), chunk_labels, classes, shift)
-    return jax.tree.map(jnp.add, acc, sums), None
+    return add_sums(acc, sums), None
 
   n = shift.shape[0]
   zero = ClassSums(jnp.zeros(classes, x.dtype), jnp.zeros((classes, n), x.dtype),
-                   jnp.zeros((classes, n), x.dtype))
+                   jnp.zeros((classes, n), x.dtype),
+                   jnp.full(n, _NO_SCALE, jnp.int32))
   starts = jnp.arange(0, m, chunk_size)
   return jax.lax.scan(step, zero, starts)[0]
 
@@ -160,8 +214,11 @@ def response_moments(
   mesh, axes = row_sharding
 
   def local(x, labels):
-    flat, unravel = jax.flatten_util.ravel_pytree(total(x, labels))
-    return unravel(jax.lax.psum(flat, axes))  # one all-reduce, packed
+    sums = total(x, labels)
+    # Every device's sums in the largest exponent, then one packed all-reduce.
+    sums = rescale_sums(sums, jax.lax.pmax(sums.exponent, axes))
+    flat, unravel = jax.flatten_util.ravel_pytree(sums[:3])
+    return ClassSums(*unravel(jax.lax.psum(flat, axes)), sums.exponent)
 
   spec = jax.sharding.PartitionSpec(axes)
   # check_vma=False: the chunk scan starts from zeros that are not marked as
@@ -172,10 +229,17 @@ def response_moments(
   return moments_from_sums(sums, shift)
 
 
-def _unit(v: jax.Array, atol: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """`v / ||v||`, and 0 when `||v|| <= atol`; also returns that zero flag."""
+def _unit(v: jax.Array, atol: float = 0.0) -> tuple[jax.Array, jax.Array]:
+  """`v / ||v||`, and 0 when `||v|| <= atol`; also returns that zero flag.
+
+  The norm is taken of `v` scaled by a power of two to a peak in [0.5, 1),
+  so no square overflows or underflows; the quotient is unchanged.
+  """
+  _, exponent = jnp.frexp(jnp.max(jnp.abs(v)))
+  down = _pow2(-exponent, v.dtype)
+  v = v * down
   norm = jnp.linalg.norm(v)
-  is_zero = norm <= atol
+  is_zero = norm <= atol * down
   return jnp.where(is_zero, 0.0, v / jnp.where(is_zero, 1.0, norm)), is_zero
 
 
@@ -184,21 +248,30 @@ def scores_from_moments(
 ) -> tuple[jax.Array, Dropped]:
   """`alpha * div + (1 - alpha) * acc` per candidate, NaN-free.
 
-  docs/algorithm.md#step-2-scores; a criterion whose norm is zero is zero.
+  docs/algorithm.md#step-2-scores. Each criterion of a candidate is zero
+  where it is at most `_ZERO_RTOL` of that candidate's own scale (the RMS of
+  its responses), and a criterion whose norm over the candidates is zero is
+  zero. A candidate whose responses are not finite (they overflow float32)
+  has zero criteria and is counted in `Dropped.overflowed`.
   """
-  count, mean, m2, shift = moments
+  count, mean, m2, shift, exponent = moments
   m = count.sum()
   weights = count[:, None]
   # Total moments by the parallel-variance merge of the class moments.
   total_mean = (weights * mean).sum(axis=0) / m
   total_m2 = m2.sum(axis=0) + (weights * (mean - total_mean[None, :]) ** 2).sum(axis=0)
-  div = jnp.sqrt(total_m2 / (m - 1))
-  # The scale a zero is judged against: the norm of the columns' RMS.
-  scale = jnp.linalg.norm(jnp.sqrt((total_mean + shift) ** 2 + total_m2 / m))
-  atol = _ZERO_RTOL * scale
-  div, input_dropped = _unit(div, atol)
+  up = _pow2(exponent, mean.dtype)
+  # Each candidate's own scale, in its units: the RMS of its responses.
+  rms = jnp.sqrt((total_mean + shift / up) ** 2 + total_m2 / m)
+  measured = jnp.isfinite(rms)
+
+  def criterion(v):  # zero at the candidate's resolution; in true units
+    return jnp.where(measured & (v > _ZERO_RTOL * rms), v * up, 0.0)
+
+  div, input_dropped = _unit(criterion(jnp.sqrt(total_m2 / (m - 1))))
+  overflowed = jnp.sum(~measured, dtype=jnp.int32)
   if not has_labels:
-    return div, Dropped(input_dropped, jnp.asarray(False))
+    return div, Dropped(input_dropped, jnp.asarray(False), overflowed)
 
   present = (count > 0)[:, None]
   num_present = present.sum()
@@ -211,12 +284,12 @@ def scores_from_moments(
   class_std = jnp.sqrt(m2 / jnp.maximum(count - 1, 1)[:, None])
   within = jnp.where(present, class_std, 0.0).sum(axis=0) / jnp.maximum(
       num_present, 1)
-  between, _ = _unit(between, atol)
-  within, _ = _unit(within, atol)
-  acc, _ = _unit(between - within, jnp.asarray(_ZERO_RTOL, div.dtype))
+  between, _ = _unit(criterion(between))
+  within, _ = _unit(criterion(within))
+  acc, _ = _unit(between - within, _ZERO_RTOL)
   separable = num_present >= 2
   score = jnp.where(separable, alpha * div + (1 - alpha) * acc, div)
-  return score, Dropped(input_dropped, ~separable)
+  return score, Dropped(input_dropped, ~separable, overflowed)
 
 
 def class_groups(moments: ClassMoments) -> jax.Array:
@@ -258,7 +331,7 @@ class ScoringOptions:
 
 
 def campaign_scores(
-    x: jax.Array, first_row: jax.Array, labels: jax.Array | None,
+    x: jax.Array, first_row: jax.Array | None, labels: jax.Array | None,
     candidates: jax.Array, alpha: jax.Array, bias: jax.Array,
     options: ScoringOptions,
 ) -> tuple[jax.Array, jax.Array, Dropped]:
@@ -267,7 +340,7 @@ def campaign_scores(
 
   Args:
     x: the layer's validated batch, `(m, fan_in)`.
-    first_row: `x[:1]`, placed as `placement.placement` returns it.
+    first_row: `x[:1]` as `placement.placement` places it, or None.
     labels: int32 class ids `(m,)`, or None.
     candidates: `(fan_in, N)`, cast to the batch's dtype before scoring.
     alpha: the weight of the input-information criterion.
@@ -302,6 +375,13 @@ def warn_if_dropped(dropped: Dropped) -> None:
         "candidate's response is constant on the batch (e.g. all ReLUs are "
         "dead). Scores carry no input information; check the batch and the "
         "layer's activation.",
+        CriterionDroppedWarning, stacklevel=3)
+  overflowed = int(dropped.overflowed)
+  if overflowed:
+    warnings.warn(
+        f"{overflowed} candidate(s) respond to the batch with values beyond "
+        "float32's range; they score 0 on both criteria. Scale the batch (or "
+        "the layer's inputs) to a moderate range.",
         CriterionDroppedWarning, stacklevel=3)
   if bool(dropped.label_info):
     warnings.warn(
@@ -347,7 +427,11 @@ def neuron_scores(
     Scores of shape `(N,)`, float32 (float64 for float64 input with x64).
 
   Raises:
-    ValueError, TypeError: for malformed `z`, `labels` or `alpha`.
+    ValueError, TypeError: for malformed `z`, `labels` or `alpha`; values
+      are checked eagerly when concrete. Under `jax.jit`, non-finite `z` or
+      labels outside `[0, C)` are `checkify` checks (raised when the caller
+      wraps with `jax.experimental.checkify.checkify`) and make the scores
+      NaN.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -367,7 +451,8 @@ def neuron_scores(
         f"got shape {jnp.shape(z)}.")
   z = validation.as_batch(z, "z")
   labels, num_classes = validation.as_int_labels(labels, z.shape[0], num_classes)
-  scores, dropped = _neuron_scores(z, labels, validation.check_alpha(alpha),
-                                   num_classes)
+  valid = validation.traced_checks(z, labels, num_classes)
+  scores, dropped = placement.on_auto_axes(_neuron_scores, z)(
+      z, labels, validation.check_alpha(alpha), num_classes)
   warn_if_dropped(dropped)
-  return scores
+  return scores if valid is None else jnp.where(valid, scores, jnp.nan)

@@ -77,12 +77,6 @@ def _plan(calls: Sequence[str], layers: LayerFilter) -> Plan:
         "the model calls no dense layer (`flax.linen.Dense` / `flax.nnx.Linear`)"
         " on `x`; the walk elects dense kernels only, so there is nothing to do.")
   unique = tuple(dict.fromkeys(calls))
-  for path in unique:
-    if calls.count(path) > 1:
-      warnings.warn(
-          f"dense layer {path!r} is called {calls.count(path)} times with shared"
-          " weights; it is set once, on the input of its first call.",
-          stacklevel=4)
   if layers is None:
     chosen = unique
   elif callable(layers):
@@ -99,6 +93,12 @@ def _plan(calls: Sequence[str], layers: LayerFilter) -> Plan:
   if not chosen:
     raise ValueError(
         f"`layers` selects none of the model's dense layers {list(unique)}.")
+  for path in chosen:  # a layer left out keeps its init, however shared
+    if calls.count(path) > 1:
+      warnings.warn(
+          f"dense layer {path!r} is called {calls.count(path)} times with shared"
+          " weights; it is set once, on the input of its first call.",
+          stacklevel=4)
   return Plan(paths=chosen, output=unique[-1])
 
 

@@ -1,8 +1,14 @@
-"""Checks of user input, run eagerly before any heavy work.
+"""Checks of user input.
 
-Shapes are Python ints even under tracing, so shape errors are always raised.
-Value checks (non-finite entries, label ranges, one-hot rows) need concrete
-values and are skipped for traced arrays, never branched on under `jit`.
+Shapes are Python ints even under tracing, so shape errors are always raised
+eagerly. Value checks (non-finite entries, label ranges, one-hot rows) run
+eagerly on concrete arrays, before any heavy work: a reduction compiled on
+the devices that hold a `jax.Array` (so a batch sharded over many devices or
+processes is never fetched), and small arrays such as labels read on the
+host. Under `jit` the values are unknown: `traced_checks` carries the checks
+into the computation as `checkify` checks, which surface when the caller
+wraps it with `jax.experimental.checkify.checkify`, and as a flag the
+factories turn into a NaN kernel.
 """
 
 from __future__ import annotations
@@ -12,8 +18,11 @@ import numbers
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
+from jax.experimental import multihost_utils
 from jax.typing import ArrayLike
 
+from nc_jax._src.placement import auto_axes
 from nc_jax._src.placement import compute_dtype
 from nc_jax._src.placement import is_concrete
 
@@ -52,15 +61,70 @@ def as_batch(batch: ArrayLike, name: str = "batch") -> jax.Array:
         f"`{name}` has {batch.shape[0]} sample(s) but the campaign's statistics "
         "(standard deviations over the batch) need at least 2; pass more rows."
     )
-  if is_concrete(batch):
-    bad = int(np.size(batch) - np.count_nonzero(np.isfinite(np.asarray(batch))))
-    if bad:
-      raise ValueError(
-          f"`{name}` has {bad} NaN or infinite entries; clean or impute them "
-          "before scoring candidates."
-      )
+  if batch.size == 0:
+    raise ValueError(
+        f"`{name}` of shape {tuple(batch.shape)} has no features; pass at "
+        "least one feature per sample.")
+  check_finite(batch, name)
   x = jnp.asarray(batch)
   return x.reshape(x.shape[0], -1).astype(compute_dtype(x.dtype))
+
+
+@jax.jit
+def _count_nonfinite(x: jax.Array) -> jax.Array:
+  return jnp.sum(~jnp.isfinite(x), dtype=jnp.int32)
+
+
+def check_finite(values: ArrayLike, name: str) -> None:
+  """Raises if concrete `values` hold NaN or infinite entries.
+
+  A `jax.Array` is counted where it lies (one compiled reduction), so a
+  batch sharded over devices or processes is never gathered. Traced values
+  are left to `traced_checks`.
+  """
+  if not is_concrete(values) or not jnp.issubdtype(
+      jnp.result_type(values), jnp.inexact):
+    return
+  if isinstance(values, jax.Array):
+    bad = int(_count_nonfinite(values))
+  else:
+    bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+  if bad:
+    raise ValueError(
+        f"`{name}` has {bad} NaN or infinite entries; clean or impute them "
+        "before scoring candidates.")
+
+
+def host_values(values: ArrayLike) -> np.ndarray:
+  """A small array's values on this host, gathered from other processes if
+  it spans them (labels, group ids; never a batch)."""
+  if isinstance(values, jax.Array) and not values.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(values, tiled=True))
+  return np.asarray(values)
+
+
+def traced_checks(x: jax.Array, labels: jax.Array | None,
+                  num_classes: int | None) -> jax.Array | None:
+  """The value checks of `as_batch` and `as_int_labels`, for traced input.
+
+  Returns None when `x` and `labels` are concrete (they were checked
+  eagerly). Otherwise adds `checkify` checks, which raise when the caller
+  wraps the computation with `checkify.checkify` (and are free otherwise),
+  and returns a bool scalar, False when a check fails, with which the caller
+  makes its result NaN rather than plausible.
+  """
+  if is_concrete(x) and (labels is None or is_concrete(labels)):
+    return None
+  ok = jnp.all(jnp.isfinite(x))
+  checkify.debug_check(ok, "`batch` has NaN or infinite entries; clean or "
+                       "impute them before scoring candidates.")
+  if labels is not None:
+    in_range = jnp.all((labels >= 0) & (labels < num_classes))
+    checkify.debug_check(
+        in_range, f"`labels` must lie in [0, num_classes={num_classes}); "
+        "remap them to 0..C-1 or raise `num_classes`.")
+    ok = ok & in_range
+  return ok
 
 
 def check_positive_int(value: object, name: str, *, allow_none: bool = False,
@@ -72,7 +136,8 @@ def check_positive_int(value: object, name: str, *, allow_none: bool = False,
   """
   if value is None and allow_none:
     return None
-  if not isinstance(value, numbers.Integral) or value < 1:
+  if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
+      or value < 1):
     raise ValueError(
         f"`{name}` must be a positive int{' or None' if allow_none else ''}, "
         f"got {value!r}{'; ' + hint if hint else ''}.")
@@ -83,7 +148,12 @@ def as_int_labels(
     labels: ArrayLike | None, num_samples: int, num_classes: int | None,
     name: str = "labels",
 ) -> tuple[jax.Array | None, int | None]:
-  """Checks labels and returns them as int32 class ids with the class count.
+  """Checks labels and returns them as dense int32 class ids with the count.
+
+  Concrete labels are mapped to dense ids: the classes present, in id
+  order, become 0..C-1. The campaign gives every present class the same
+  quota and order either way (absent classes get nothing), so this changes
+  no result, and no sparse id (say 10**9) ever sizes the statistics.
 
   Args:
     labels: int class ids `(m,)`, one-hot `(m, C)`, or None.
@@ -92,7 +162,8 @@ def as_int_labels(
     name: the argument's name in error messages.
 
   Returns:
-    `(ids, num_classes)`, or `(None, None)` when `labels` is None.
+    `(ids, num_classes)`, or `(None, None)` when `labels` is None. For
+    concrete labels, `num_classes` is the number of classes present.
 
   Raises:
     TypeError: for 1-D labels that are not integers.
@@ -116,29 +187,94 @@ def as_int_labels(
         "samples; pass one label per row of the batch."
     )
   if labels.ndim == 2:
-    return _one_hot_to_ids(labels, num_classes, name)
-  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    ids, num_classes = _one_hot_to_ids(labels, num_classes, name)
+  elif not jnp.issubdtype(labels.dtype, jnp.integer):
     raise TypeError(
         f"`{name}` of shape (m,) must hold integer class ids, got dtype "
         f"{labels.dtype}; convert with `{name}.astype(int)` or pass one-hot "
         "labels of shape (m, C)."
     )
-  if is_concrete(labels):
-    values = np.asarray(labels)
-    low, high = int(values.min()), int(values.max())
+  else:
+    ids = labels
+  if not is_concrete(ids):
     if num_classes is None:
-      num_classes = high + 1
-    if low < 0 or high >= num_classes:
       raise ValueError(
-          f"`{name}` must lie in [0, num_classes={num_classes}), got values in "
-          f"[{low}, {high}]; remap them to 0..C-1 or raise `num_classes`."
+          f"`{name}` are traced (inside `jax.jit`), so the number of classes "
+          "cannot be read off them; pass `num_classes=` explicitly."
       )
-  elif num_classes is None:
+    if num_classes > _MAX_CLASSES:
+      raise ValueError(
+          f"`num_classes` is {num_classes}, more than the {_MAX_CLASSES} "
+          "class ids int32 holds; remap the labels to 0..C-1 before the "
+          "trace, or pass them concrete (they are then mapped to dense ids).")
+    return jnp.asarray(ids, jnp.int32), num_classes
+  return _dense(ids, num_classes, name, "num_classes")
+
+
+def _dense(ids: ArrayLike, count: int | None, name: str, count_name: str
+           ) -> tuple[jax.Array, int]:
+  """Concrete ids checked against `[0, count)` and mapped to dense int32 ids.
+
+  The ids present, in id order, become 0..P-1; returns them with P.
+  `count=None` takes `max(ids) + 1`.
+  """
+  values = host_values(ids)
+  low, high = int(values.min()), int(values.max())
+  if count is None:
+    count = high + 1
+  if low < 0 or high >= count:
     raise ValueError(
-        f"`{name}` are traced (inside `jax.jit`), so the number of classes "
-        "cannot be read off them; pass `num_classes=` explicitly."
-    )
-  return jnp.asarray(labels, jnp.int32), num_classes
+        f"`{name}` must lie in [0, {count_name}={count}), got values in "
+        f"[{low}, {high}]; pass ids from 0 or raise `{count_name}`.")
+  present = np.unique(values)
+  if len(present) == count:
+    return jnp.asarray(ids, jnp.int32), count
+  return _dense_ids(ids, present), len(present)
+
+
+def as_group_ids(groups: ArrayLike, num_candidates: int,
+                 num_groups: int | None) -> tuple[jax.Array, int]:
+  """Checks candidates' group ids; returns dense int32 ids and their count.
+
+  Concrete ids are mapped to dense ids as in `as_int_labels` (the election
+  gives an absent group nothing, so no pick changes).
+  """
+  if not isinstance(groups, jax.Array):
+    groups = np.asarray(groups)
+  if groups.shape != (num_candidates,) or not jnp.issubdtype(
+      groups.dtype, jnp.integer):
+    raise ValueError(
+        f"`groups` must be int group ids of shape (N,) = ({num_candidates},), "
+        f"got dtype {groups.dtype} and shape {groups.shape}.")
+  num_groups = check_positive_int(num_groups, "num_groups", allow_none=True)
+  if not is_concrete(groups):
+    if num_groups is None:
+      raise ValueError(
+          "`groups` are traced, so their count cannot be read off them; pass "
+          "`num_groups=` explicitly.")
+    return jnp.asarray(groups, jnp.int32), num_groups
+  if not num_candidates:
+    return jnp.asarray(groups, jnp.int32), num_groups or 1
+  return _dense(groups, num_groups, "groups", "num_groups")
+
+
+# Class and group ids must fit the int32 the compiled statistics use.
+_MAX_CLASSES = 2**31 - 1
+
+
+@jax.jit
+def _searchsorted(present: jax.Array, ids: jax.Array) -> jax.Array:
+  return jnp.searchsorted(present, ids).astype(jnp.int32)
+
+
+def _dense_ids(ids: ArrayLike, present: np.ndarray) -> jax.Array:
+  """`ids` mapped to their rank among the sorted `present` ids, as int32.
+
+  A `jax.Array` is mapped where it lies, keeping its sharding.
+  """
+  if isinstance(ids, jax.Array):
+    return _searchsorted(jnp.asarray(present, ids.dtype), ids)
+  return jnp.asarray(np.searchsorted(present, ids), jnp.int32)
 
 
 def _one_hot_to_ids(
@@ -151,7 +287,7 @@ def _one_hot_to_ids(
         f"{num_classes}; pass num_classes={width} or leave it out."
     )
   if is_concrete(labels):
-    values = np.asarray(labels)
+    values = host_values(labels)
     valid = np.all((values == 0) | (values == 1), axis=1) & (values.sum(1) == 1)
     if not valid.all():
       row = int(np.argmin(valid))
@@ -217,7 +353,10 @@ def check_callables(**functions: object) -> None:
 def check_model_batch(x: ArrayLike, y: ArrayLike | None,
                       num_classes: int | None
                       ) -> tuple[jax.Array, jax.Array | None, int | None]:
-  """Checks a whole model's batch `x` and labels `y`; returns ids and C."""
+  """Checks a whole model's batch `x` and labels `y`; returns ids and C.
+
+  `x` and the ids come back on Auto mesh axes (`placement.auto_axes`).
+  """
   if not hasattr(x, "shape"):
     x = jnp.asarray(x)
   if jnp.ndim(x) < 1 or x.shape[0] < 2:
@@ -225,7 +364,7 @@ def check_model_batch(x: ArrayLike, y: ArrayLike | None,
         f"`x` must be a batch of at least 2 examples along axis 0, got shape "
         f"{jnp.shape(x)}.")
   labels, num_classes = as_int_labels(y, x.shape[0], num_classes, name="y")
-  return jnp.asarray(x), labels, num_classes
+  return auto_axes(jnp.asarray(x)), auto_axes(labels), num_classes
 
 
 def as_key(key: jax.Array | int) -> jax.Array:
