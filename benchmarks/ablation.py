@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/ablation.py`
 from benchmarks import ablation_study as study  # noqa: E402
 from benchmarks import cli  # noqa: E402
 from benchmarks import data as data_lib  # noqa: E402
+from benchmarks import reports  # noqa: E402
 from benchmarks import training  # noqa: E402
 
 
@@ -49,7 +50,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
       " alpha (constant 0.5, 0, 1), candidates (2, 10, 20 per neuron), "
       f"scoring (class_balanced off, {study.SCORE_ROWS} images scored, no "
       "labels)")
-  return cli.parse_checked(parser, argv)
+  return cli.parse_checked(parser, argv, unique=("--arch", "--family"),
+                           files=reports.run_files("ablation"))
 
 
 def main(argv: Sequence[str] | None = None) -> str:

@@ -1,12 +1,20 @@
-"""Command-line helpers of the entry scripts: shared options, data, settings."""
+"""Command-line helpers of the entry scripts: shared options, data, settings.
+
+A command-line mistake gets argparse's usage and one error line, exit status
+2, before any work: argument types check values (`at_least`,
+`positive_float`, `checked`), and `check_data` and `check_out` check, after
+parsing, that the data is there and that `--out` can be written.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import pathlib
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from benchmarks import data as data_lib
@@ -16,6 +24,103 @@ from benchmarks import training
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 
+def at_least(low: int) -> Callable[[str], int]:
+  """An argparse type: an integer of at least `low`."""
+
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(
+          f"expected an integer, got {text!r}") from None
+    if value < low:
+      raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    return value
+
+  return parse
+
+
+def positive_float(text: str) -> float:
+  """An argparse type: a number above zero (`inf` included, `nan` not)."""
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f"expected a number, got {text!r}") from None
+  if not value > 0:
+    raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
+  return value
+
+
+def checked(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+  """An argparse type from a parser that raises ValueError: the error's
+  message becomes argparse's."""
+
+  def parse_value(text: str) -> Any:
+    try:
+      return parse(text)
+    except ValueError as error:
+      raise argparse.ArgumentTypeError(str(error)) from None
+
+  parse_value.__name__ = parse.__name__
+  return parse_value
+
+
+def check_unique(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                 *flags: str) -> None:
+  """A usage error for a value given twice to a list option."""
+  for flag in flags:
+    values = getattr(args, flag.lstrip("-").replace("-", "_"))
+    seen = set()
+    for value in values:
+      if value in seen:
+        parser.error(f"argument {flag}: {value!r} given twice")
+      seen.add(value)
+
+
+def check_data(parser: argparse.ArgumentParser, data: Sequence[str]) -> None:
+  """A usage error, at once, for `--data` that `data_lib.load` could not
+  load: an unknown source, a missing or superfluous directory, data that is
+  not there (`data_lib.check`)."""
+  if len(data) > 2:
+    parser.error("argument --data: takes a source and at most one directory")
+  if data[0] not in data_lib.SOURCES:
+    parser.error(f"argument --data: invalid choice: {data[0]!r} (choose from "
+                 f"{', '.join(map(repr, data_lib.SOURCES))})")
+  try:
+    data_lib.check(data[0], data[1] if len(data) > 1 else None)
+  except (ValueError, data_lib.DataUnavailable) as error:
+    parser.error(f"argument --data: {error}")
+
+
+def check_out(parser: argparse.ArgumentParser, out: str | os.PathLike[str],
+              files: Iterable[str] = (), flag: str = "--out") -> None:
+  """A usage error, before any work, where the results cannot be written.
+
+  Creates the directory `out` if missing, then writes and removes a probe
+  file in it; each of `files` (the names the results will take in `out`)
+  must be absent or a writable file.
+  """
+  path = pathlib.Path(out)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=path, prefix=".write-check-")
+    os.close(fd)
+    os.remove(probe)
+    for name in files:
+      target = path / name
+      if target.exists() or target.is_symlink():
+        if not target.is_file():
+          raise IsADirectoryError(f"{target} is not a regular file")
+        with open(target, "ab"):
+          pass
+  except OSError as error:
+    reason = error.strerror or str(error)
+    where = f" ({error.filename})" if error.filename else ""
+    parser.error(f"argument {flag}: cannot write results to {str(out)!r}: "
+                 f"{reason}{where}")
+
+
 def base_parser(doc: str, *, archs: Sequence[str], epochs: int, seeds: int,
                 epochs_help: str) -> argparse.ArgumentParser:
   """The options the MNIST benchmarks share: --arch, --epochs, --seeds,
@@ -23,8 +128,9 @@ def base_parser(doc: str, *, archs: Sequence[str], epochs: int, seeds: int,
   parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
   parser.add_argument("--arch", nargs="+", choices=tuple(training.ARCHS),
                       default=list(archs))
-  parser.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
-  parser.add_argument("--seeds", type=int, default=seeds,
+  parser.add_argument("--epochs", type=at_least(1), default=epochs,
+                      help=epochs_help)
+  parser.add_argument("--seeds", type=at_least(1), default=seeds,
                       help=f"number of seeds, 0..seeds-1 (default {seeds})")
   parser.add_argument("--data", nargs="+", default=["auto"],
                       metavar="SOURCE [DIR]",
@@ -39,13 +145,16 @@ def base_parser(doc: str, *, archs: Sequence[str], epochs: int, seeds: int,
 
 
 def parse_checked(parser: argparse.ArgumentParser,
-                  argv: Sequence[str] | None) -> argparse.Namespace:
-  """Parses and checks the shared options."""
+                  argv: Sequence[str] | None, *,
+                  unique: Sequence[str] = ("--arch",),
+                  files: Iterable[str] = ()) -> argparse.Namespace:
+  """Parses and checks the shared options, before any work: each of the list
+  options `unique` without repeats, `--data` there (`check_data`), `--out`
+  writable for `files` (`check_out`)."""
   args = parser.parse_args(argv)
-  if len(args.data) > 2:
-    parser.error("--data takes a source and at most one directory")
-  if args.epochs < 1 or args.seeds < 1:
-    parser.error("--epochs and --seeds must be positive")
+  check_unique(parser, args, *unique)
+  check_data(parser, args.data)
+  check_out(parser, args.out, files)
   if args.quick:
     args.epochs, args.seeds = min(args.epochs, 3), min(args.seeds, 2)
   return args

@@ -7,15 +7,19 @@ well under a second instead of after minutes of retries.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gzip
 import importlib.util
+import logging
 import pathlib
 
 import numpy as np
 
 SOURCES = ("auto", "tfds", "subset", "digits", "idx")
+IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 class DataUnavailable(RuntimeError):
@@ -126,34 +130,114 @@ def digits() -> Dataset:
                            data.target.astype(np.int32), 360)
 
 
+def _idx_dims(raw: bytes, path: pathlib.Path) -> list[int]:
+  """The dimensions the unsigned-byte IDX header at the start of `raw`
+  states; ValueError where there is none."""
+  if (len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08
+      or len(raw) < 4 + 4 * raw[3]):
+    raise ValueError(f"{path} is not an unsigned-byte IDX file.")
+  return np.frombuffer(raw, ">u4", count=raw[3], offset=4).astype(int).tolist()
+
+
+def _open_idx(path: pathlib.Path):
+  return (gzip.open if path.suffix == ".gz" else open)(path, "rb")
+
+
 def _read_idx(path: pathlib.Path) -> np.ndarray:
   """Reads one IDX file (optionally gzipped), as published by LeCun et al."""
-  opener = gzip.open if path.suffix == ".gz" else open
-  with opener(path, "rb") as f:
+  with _open_idx(path) as f:
     raw = f.read()
-  if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
-    raise ValueError(f"{path} is not an unsigned-byte IDX file.")
-  ndim = raw[3]
-  dims = np.frombuffer(raw, ">u4", count=ndim, offset=4).astype(int)
-  return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+  dims = _idx_dims(raw, path)
+  return np.frombuffer(raw, np.uint8, offset=4 + 4 * len(dims)).reshape(dims)
+
+
+def _check_idx_header(path: pathlib.Path) -> None:
+  """Reads an IDX file's header only; ValueError, OSError or EOFError where
+  it is not one."""
+  with _open_idx(path) as f:
+    head = f.read(4)
+    _idx_dims(head + f.read(4 * head[3] if len(head) == 4 else 0), path)
+
+
+def _idx_files(directory: pathlib.Path) -> list[pathlib.Path]:
+  """The four MNIST IDX files in `directory`, each plain or gzipped.
+
+  Raises:
+    DataUnavailable: naming the directory, and the first file missing.
+  """
+  if not directory.is_dir():
+    raise DataUnavailable(f"`--data idx {directory}`: " + (
+        "not a directory." if directory.exists() else "no such directory."))
+  files = []
+  for stem in IDX_STEMS:
+    found = [p for p in (directory / stem, directory / f"{stem}.gz")
+             if p.is_file()]
+    if not found:
+      raise DataUnavailable(f"`--data idx {directory}`: no {stem}[.gz] there.")
+    files.append(found[0])
+  return files
 
 
 def idx_mnist(directory: str | pathlib.Path) -> Dataset:
   """The original MNIST IDX files (`train-images-idx3-ubyte[.gz]`, ...) in a
   directory: the full 60,000/10,000 split."""
   directory = pathlib.Path(directory)
-  arrays = []
-  for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-    found = [p for p in (directory / stem, directory / f"{stem}.gz")
-             if p.is_file()]
-    if not found:
-      raise DataUnavailable(f"`--data idx {directory}`: no {stem}[.gz] there.")
-    arrays.append(_read_idx(found[0]))
-  x_train, y_train, x_test, y_test = arrays
+  x_train, y_train, x_test, y_test = map(_read_idx, _idx_files(directory))
   return Dataset(f"MNIST (IDX files in {directory})", _scaled(x_train, 255.0),
                  y_train.astype(np.int32), _scaled(x_test, 255.0),
                  y_test.astype(np.int32))
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+  """Silences absl's warnings (tfds: "Variant folder ... has no
+  dataset_info.json") while a missing data set is looked for."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+def _open_tfds(data_dir: str | None) -> dict | None:
+  """Opens prepared tfds MNIST without reading it.
+
+  Returns:
+    The train and test `tfds.data_source`s, or None where MNIST is prepared
+    for `tfds.load` only (TFRecords) and TensorFlow is installed to read it.
+
+  Raises:
+    DataUnavailable: at once, when tfds or the prepared data set is missing;
+      `tfds.load` is never tried on a data set that is not prepared.
+  """
+  where = "locally" if data_dir is None else f"in {data_dir}"
+  if importlib.util.find_spec("tensorflow_datasets") is None:
+    raise DataUnavailable("tensorflow_datasets is not installed")
+  import tensorflow_datasets as tfds
+
+  with _quiet_absl():
+    try:
+      return {split: tfds.data_source("mnist", split=split, download=False,
+                                      data_dir=data_dir)
+              for split in ("train", "test")}
+    except Exception as error:  # not prepared, or prepared as TFRecords
+      if importlib.util.find_spec("tensorflow") is None:
+        raise DataUnavailable(
+            f"tfds MNIST is not prepared {where} as array_record "
+            f"({type(error).__name__}), and TensorFlow is not installed to "
+            "read TFRecords") from error
+      try:
+        prepared = tfds.builder("mnist", data_dir=data_dir).is_prepared()
+      except Exception as error2:
+        raise DataUnavailable(
+            f"tfds MNIST is not prepared {where} ({type(error2).__name__})"
+        ) from error2
+      if not prepared:
+        raise DataUnavailable(
+            f"tfds MNIST is not prepared {where}") from error
+  return None
 
 
 def tfds_mnist(data_dir: str | None = None) -> Dataset:
@@ -166,37 +250,66 @@ def tfds_mnist(data_dir: str | None = None) -> Dataset:
   Raises:
     DataUnavailable: at once, when tfds or the prepared data set is missing.
   """
-  if importlib.util.find_spec("tensorflow_datasets") is None:
-    raise DataUnavailable("tensorflow_datasets is not installed")
-  import tensorflow_datasets as tfds
-
-  splits = {}
-  try:
-    for split in ("train", "test"):
-      source = tfds.data_source("mnist", split=split, download=False,
-                                data_dir=data_dir)
+  sources = _open_tfds(data_dir)
+  if sources is not None:
+    splits = {}
+    for split, source in sources.items():
       rows = list(source)
       splits[split] = (np.stack([r["image"] for r in rows]),
                        np.array([r["label"] for r in rows]))
-  except Exception as error:  # not prepared, or prepared as TFRecords
-    if importlib.util.find_spec("tensorflow") is None:
-      raise DataUnavailable(
-          f"tfds MNIST is not prepared locally as array_record "
-          f"({type(error).__name__}), and TensorFlow is not installed to read "
-          "TFRecords") from error
+  else:
+    import tensorflow_datasets as tfds
+
     try:
-      for split in ("train", "test"):
-        splits[split] = tfds.as_numpy(tfds.load(
-            "mnist", split=split, batch_size=-1, as_supervised=True,
-            download=False, data_dir=data_dir))
-    except Exception as error2:
+      splits = {split: tfds.as_numpy(tfds.load(
+          "mnist", split=split, batch_size=-1, as_supervised=True,
+          download=False, data_dir=data_dir)) for split in ("train", "test")}
+    except Exception as error:
       raise DataUnavailable(
-          f"tfds MNIST is not prepared locally ({type(error2).__name__})"
-      ) from error2
+          f"tfds MNIST is not prepared locally ({type(error).__name__})"
+      ) from error
   (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
   return Dataset("MNIST (tensorflow_datasets)", _scaled(x_train, 255.0),
                  y_train.astype(np.int32), _scaled(x_test, 255.0),
                  y_test.astype(np.int32))
+
+
+def check(source: str = "auto", path: str | None = None) -> None:
+  """Whether `load(source, path)` finds its data, told at once: reads no
+  images (only the IDX files' headers), never touches the network.
+
+  Args:
+    source: as for `load`.
+    path: as for `load`; a directory that must exist (tfds's `data_dir` may
+      also be a URL, `scheme://...`), and none for "subset" and "digits".
+
+  Raises:
+    ValueError: for an unknown source, a missing or superfluous directory.
+    DataUnavailable: for data that is not there: no such directory, missing
+      or malformed IDX files, tfds MNIST not prepared (for "tfds"; "auto"
+      falls back to the subset instead).
+  """
+  if source not in SOURCES:
+    raise ValueError(f"`source` must be one of {SOURCES}, got {source!r}.")
+  if source in ("subset", "digits"):
+    if path is not None:
+      raise ValueError(f"`--data {source}` takes no directory, got {path!r}.")
+    return
+  if source == "idx":
+    if path is None:
+      raise ValueError("`--data idx` needs the directory: `--data idx DIR`.")
+    for file in _idx_files(pathlib.Path(path)):
+      try:
+        _check_idx_header(file)
+      except (OSError, EOFError, ValueError) as error:
+        raise DataUnavailable(
+            f"`--data idx {path}`: cannot read {file.name} ({error})"
+        ) from error
+    return
+  if path is not None and "://" not in path and not pathlib.Path(path).is_dir():
+    raise DataUnavailable(f"`--data {source} {path}`: no such directory.")
+  if source == "tfds":
+    _open_tfds(path)
 
 
 def load(source: str = "auto", path: str | None = None,

@@ -30,24 +30,37 @@ from benchmarks import speed  # noqa: E402
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--rows", type=int, nargs="+",
+  # The campaign's statistics (standard deviations over the batch) need at
+  # least 2 rows.
+  parser.add_argument("--rows", type=cli.at_least(2), nargs="+",
                       default=[15_000, 60_000, 240_000])
-  parser.add_argument("--shapes", type=speed.parse_shape, nargs="+",
+  parser.add_argument("--shapes", type=cli.checked(speed.parse_shape),
+                      nargs="+",
                       default=[(784, 100), (784, 256), (1024, 1024)],
                       help="kernel shapes as FAN_INxFAN_OUT")
-  parser.add_argument("--max-flops", type=float, default=1e12,
+  parser.add_argument("--max-flops", type=cli.positive_float, default=1e12,
                       help="skip shape/rows pairs whose floor exceeds this")
-  parser.add_argument("--fan-outs", type=int, nargs="*",
+  parser.add_argument("--fan-outs", type=cli.at_least(1), nargs="*",
                       default=[256, 512, 1024, 2048, 4096],
                       help="fan_outs of the election table (fan_in 1024)")
-  parser.add_argument("--groups", type=int, nargs="+", default=[10],
-                      help="group counts of the election table")
-  parser.add_argument("--memory-rows", type=int, nargs="*",
+  parser.add_argument("--groups", type=cli.at_least(1), nargs="+",
+                      default=[10], help="group counts of the election table")
+  parser.add_argument("--memory-rows", type=cli.at_least(2), nargs="*",
                       default=[60_000, 240_000],
                       help="m of the memory-scaling table (784x100)")
-  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--repeats", type=cli.at_least(1), default=3)
   parser.add_argument("--out", default="benchmarks/results")
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  cli.check_unique(parser, args, "--rows", "--shapes", "--fan-outs",
+                   "--groups", "--memory-rows")
+  smallest = min(speed.floor_flops(shape, m)
+                 for shape in args.shapes for m in args.rows)
+  if smallest > args.max_flops:
+    parser.error(f"argument --max-flops: {args.max_flops:g} skips every "
+                 f"--shapes/--rows pair (the smallest floor is "
+                 f"{smallest:g} flops)")
+  cli.check_out(parser, args.out, speed.RESULT_FILES)
+  return args
 
 
 def main(argv: Sequence[str] | None = None) -> str:

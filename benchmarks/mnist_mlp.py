@@ -37,7 +37,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
       "cores; the paper trains about 100")
   parser.add_argument("--init", nargs="+", choices=training.INITS,
                       default=list(training.INITS))
-  return cli.parse_checked(parser, argv)
+  return cli.parse_checked(parser, argv, unique=("--arch", "--init"),
+                           files=reports.run_files("mnist_mlp"))
 
 
 def main(argv: Sequence[str] | None = None) -> str:

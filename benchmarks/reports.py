@@ -191,6 +191,12 @@ def plot_curves(runs: Sequence[Run], path: pathlib.Path, *,
   plt.close(fig)
 
 
+def run_files(stem: str) -> tuple[str, str, str, str]:
+  """The files `write_run_results` writes: `stem.md`, `stem.json`,
+  `stem_epochs.csv`, `stem.png`."""
+  return f"{stem}.md", f"{stem}.json", f"{stem}_epochs.csv", f"{stem}.png"
+
+
 def write_run_results(out: pathlib.Path, stem: str, text: str,
                       results: dict[str, Any], runs: Sequence[Run],
                       **plot_options: Any) -> None:
@@ -198,11 +204,11 @@ def write_run_results(out: pathlib.Path, stem: str, text: str,
   `stem_epochs.csv` (the curves) and `stem.png` (`plot_curves` with
   `plot_options`) into `out`, created if missing."""
   out.mkdir(parents=True, exist_ok=True)
-  (out / f"{stem}.md").write_text(text)
-  (out / f"{stem}.json").write_text(json.dumps(results, indent=1,
-                                               default=str))
-  write_curves_csv(runs, out / f"{stem}_epochs.csv")
-  plot_curves(runs, out / f"{stem}.png", **plot_options)
+  md, js, curves, png = (out / name for name in run_files(stem))
+  md.write_text(text)
+  js.write_text(json.dumps(results, indent=1, default=str))
+  write_curves_csv(runs, curves)
+  plot_curves(runs, png, **plot_options)
 
 
 def write_comparison(runs: Sequence[Run], settings: dict[str, Any],

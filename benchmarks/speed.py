@@ -46,10 +46,20 @@ ELECTION_FLOOR_ROWS = 60_000
 AUTO_CHUNK = "auto"  # the chunk column for `chunk_size=None`, nc_jax's default
 
 
+RESULT_FILES = ("init_speed.md", "init_speed.json", "init_speed.png")
+
+
 def parse_shape(text: str) -> tuple[int, int]:
-  """`(fan_in, fan_out)` from `FAN_INxFAN_OUT`, e.g. `784x100`."""
-  fan_in, fan_out = text.split("x")
-  return int(fan_in), int(fan_out)
+  """`(fan_in, fan_out)` from `FAN_INxFAN_OUT`, e.g. `784x100`; ValueError
+  for anything else, or a size below 1."""
+  try:
+    fan_in, fan_out = map(int, text.split("x"))
+  except ValueError:
+    raise ValueError(
+        f"expected FAN_INxFAN_OUT, e.g. 784x100, got {text!r}") from None
+  if fan_in < 1 or fan_out < 1:
+    raise ValueError(f"sizes must be at least 1, got {text!r}")
+  return fan_in, fan_out
 
 
 def shape_text(shape: tuple[int, int]) -> str:
@@ -250,6 +260,13 @@ def memory_scaling(shape: tuple[int, int], rows: Sequence[int],
   return out
 
 
+def floor_flops(shape: tuple[int, int], m: int,
+                candidates_per_neuron: int = 5) -> int:
+  """The floor's flops, `2 m fan_in N`, that `run_benchmark`'s `max_flops`
+  bounds."""
+  return 2 * m * shape[0] * shape[1] * candidates_per_neuron
+
+
 def run_benchmark(shapes: Sequence[tuple[int, int]], rows: Sequence[int],
                   max_flops: float = float("inf"),
                   **kwargs: Any) -> list[dict[str, Any]]:
@@ -267,7 +284,7 @@ def run_benchmark(shapes: Sequence[tuple[int, int]], rows: Sequence[int],
   """
   per_neuron = kwargs.get("candidates_per_neuron", 5)
   configs = [(shape, m) for shape, m in itertools.product(shapes, rows)
-             if 2 * m * shape[0] * shape[1] * per_neuron <= max_flops]
+             if floor_flops(shape, m, per_neuron) <= max_flops]
   return [bench_config(shape, m, **kwargs)
           for shape, m in tqdm.tqdm(configs, desc="init_speed")]
 
@@ -349,13 +366,14 @@ def write_results(rows: Sequence[dict[str, Any]], info: dict[str, Any],
     text += ("\nPeak working memory (batch excluded), each in a fresh "
              "process: default chunks against the whole batch at once:\n\n"
              + format_table(memory, {}, MEMORY_COLUMNS).lstrip("\n"))
-  (out / "init_speed.md").write_text(text)
-  (out / "init_speed.json").write_text(json.dumps(
+  md, js, png = (out / name for name in RESULT_FILES)
+  md.write_text(text)
+  js.write_text(json.dumps(
       {"machine": info, "columns": COLUMNS, "rows": list(rows),
        "election_columns": ELECTION_COLUMNS, "election": list(election),
        "memory_columns": MEMORY_COLUMNS, "memory": list(memory)},
       indent=2) + "\n")
-  plot_times(rows, out / "init_speed.png")
+  plot_times(rows, png)
   return text
 
 

@@ -1,6 +1,7 @@
 """The benchmarks' data sets (benchmarks/data.py): sources, splits, fallback."""
 
 import gzip
+import importlib.util
 import time
 
 import numpy as np
@@ -34,6 +35,7 @@ def test_idx_files_plain_and_gzipped(tmp_path):
   _write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
   _write_idx(tmp_path / "t10k-images-idx3-ubyte", images[:4])
   _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels[:4])
+  data.check("idx", str(tmp_path))  # headers only
   d = data.load("idx", str(tmp_path))
   np.testing.assert_allclose(d.x_train, images.reshape(6, -1) / 255.0,
                              rtol=1e-6)
@@ -65,6 +67,35 @@ def test_tfds_missing_is_detected_fast_and_auto_falls_back(tmp_path):
   d = data.load("auto", str(tmp_path), log=said.append)
   assert len(said) == 1 and "bundled real MNIST subset" in said[0]
   assert d.x_train.shape == (4000, 784)
+
+
+def test_tfds_load_is_never_tried_on_data_that_is_not_prepared(
+    tmp_path, monkeypatch):
+  # As where TensorFlow is installed: tfds.load would read TFRecords, but
+  # only once the data set is known to be prepared.
+  find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
+      object() if name == "tensorflow" else find_spec(name, *a)))
+  loads = []
+  monkeypatch.setattr(tfds, "load", lambda *a, **k: loads.append(a))
+  for call in (data.tfds_mnist, lambda d: data.check("tfds", d)):
+    with pytest.raises(data.DataUnavailable, match="not prepared"):
+      call(str(tmp_path))
+  assert not loads
+
+
+def test_check_tells_what_load_would_miss(tmp_path):
+  data.check("subset")
+  data.check("auto", str(tmp_path))
+  for source, path, error, match in [
+      ("bogus", None, ValueError, "must be one of"),
+      ("digits", str(tmp_path), ValueError, "takes no directory"),
+      ("idx", None, ValueError, "needs the directory"),
+      ("idx", str(tmp_path / "nowhere"), data.DataUnavailable, "no such"),
+      ("tfds", str(tmp_path / "nowhere"), data.DataUnavailable, "no such"),
+      ("auto", str(tmp_path / "nowhere"), data.DataUnavailable, "no such")]:
+    with pytest.raises(error, match=match):
+      data.check(source, path)
 
 
 def test_validation_split_is_stratified_disjoint_and_deterministic():
