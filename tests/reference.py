@@ -109,3 +109,41 @@ def campaign_select(x, labels, w, k, alpha, class_balanced=True,
   else:
     num_groups, groups = 1, [0] * n
   return elect(w, s, groups, k, num_groups)
+
+
+def conv_patches(images, window, strides, padding, dilation):
+  """Explicit patches of a convolution, the way the layer sees its input.
+
+  Args: images `(m, *spatial, C)`; `window`, `strides`, `dilation` per
+  spatial axis; `padding` "SAME", "VALID" or `(low, high)` pairs.
+  Returns `(m * positions, prod(window) * C)` rows flattened over
+  `(*window, C)` in that order (row-major, flax's HWIO), and each row's image
+  index.
+  """
+  images = np.asarray(images, np.float64)
+  m, spatial, channels = images.shape[0], images.shape[1:-1], images.shape[-1]
+  span = [(k - 1) * d + 1 for k, d in zip(window, dilation)]
+  if padding == "VALID":
+    pads = [(0, 0)] * len(spatial)
+  elif padding == "SAME":
+    pads = []
+    for size, s, e in zip(spatial, strides, span):
+      out = -(-size // s)
+      total = max((out - 1) * s + e - size, 0)
+      pads.append((total // 2, total - total // 2))
+  else:
+    pads = [tuple(p) for p in padding]
+  padded = np.pad(images, [(0, 0), *pads, (0, 0)])
+  outs = [(size + lo + hi - e) // s + 1
+          for size, (lo, hi), e, s in zip(spatial, pads, span, strides)]
+  rows, owner = [], []
+  for i in range(m):
+    for position in np.ndindex(*outs):
+      taps = []
+      for offset in np.ndindex(*window):
+        at = tuple(p * s + o * d for p, s, o, d in
+                   zip(position, strides, offset, dilation))
+        taps.append(padded[(i, *at)])
+      rows.append(np.concatenate(taps))
+      owner.append(i)
+  return np.array(rows), np.array(owner)

@@ -126,7 +126,8 @@ Y = np.arange(50) % 3
 
 @pytest.mark.parametrize("batch, labels, kwargs, shape, error, match", [
     (X, Y, {}, (7, 4), ValueError, "6 features but the kernel expects fan_in=7"),
-    (X, Y, {}, (6, 4, 1), ValueError, r"`shape` must be a dense kernel's \(fan_in, fan_out\)"),
+    (X, Y, {}, (6,), ValueError, r"`shape` must be a kernel shape, `\(fan_in, fan_out\)`"),
+    (X, Y, {}, (6, 4, 1), ValueError, r"1-D convolution's, so `batch` must have shape \(m, size, in_features\)"),
     (X, Y, {"num_candidates": 3}, (6, 4), ValueError, "`num_candidates` must be an int >= fan_out=4"),
     (X, Y, {"num_candidates": 0}, (6, 4), ValueError, "positive int or None"),
     (X[:1], Y[:1], {}, (6, 4), ValueError, "at least 2"),

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import functools
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 
+from nc_jax._src import conv
 from nc_jax._src import election
 from nc_jax._src import placement
 from nc_jax._src import scores as scores_lib
@@ -30,14 +32,14 @@ CANDIDATES_PER_NEURON = 5
 def draw_candidates(
     key: jax.Array,
     base_init: Initializer,
-    shape: tuple[int, int],
+    shape: tuple[int, ...],
     num_candidates: int,
     dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
   """Draws candidate neurons distributed exactly like the layer's kernel columns.
 
   The candidates are `ceil(num_candidates / fan_out)` independent draws
-  `base_init(key_i, (fan_in, fan_out), dtype)`, with `key_i` from
+  `base_init(key_i, shape, dtype)`, with `key_i` from
   `jax.random.split(key, ceil(num_candidates / fan_out))`, side by side; the
   first `num_candidates` columns are kept. Every column thus has the
   distribution the base initializer gives a column of this very layer (the
@@ -46,12 +48,14 @@ def draw_candidates(
   Args:
     key: a PRNG key.
     base_init: any `jax.nn.initializers` callable, e.g. `he_normal()`.
-    shape: the layer's kernel shape `(fan_in, fan_out)`.
+    shape: the layer's kernel shape, `(fan_in, fan_out)`, or flax's conv
+      layout `(*window, in_features, features)`.
     num_candidates: N, the number of candidates to draw.
     dtype: the kernel's dtype.
 
   Returns:
-    Candidates as columns, shape `(fan_in, num_candidates)`, in `dtype`.
+    Candidates along the last axis, shape `(*shape[:-1], num_candidates)`, in
+    `dtype`.
 
   Examples:
     >>> import jax
@@ -61,37 +65,40 @@ def draw_candidates(
     >>> w.shape, w.dtype
     ((784, 500), dtype('float32'))
   """
-  fan_in, fan_out = _check_shape(shape)
+  shape = _check_shape(shape)
+  fan_out = shape[-1]
   _check_num_candidates(num_candidates, fan_out)
   draws = -(-num_candidates // fan_out)
   keys = jax.random.split(key, draws)
-  w = jax.vmap(lambda k: base_init(k, (fan_in, fan_out), dtype))(keys)
-  return jnp.moveaxis(w, 0, 1).reshape(fan_in, draws * fan_out)[:, :num_candidates]
+  w = jax.vmap(lambda k: base_init(k, shape, dtype))(keys)
+  return jnp.moveaxis(w, 0, -2).reshape(*shape[:-1], draws * fan_out)[
+      ..., :num_candidates]
 
 
-def _check_shape(shape: Any) -> tuple[int, int]:
+def _check_shape(shape: Any) -> tuple[int, ...]:
   shape = tuple(shape)
-  if len(shape) != 2:
+  if len(shape) < 2 or not all(isinstance(d, numbers.Integral) for d in shape):
     raise ValueError(
-        f"`shape` must be a dense kernel's (fan_in, fan_out), got {shape}; "
-        "campaign initialization elects columns of 2-D kernels (flax `Dense`, "
-        "`nnx.Linear`).")
-  if shape[0] < 1 or shape[1] < 1:
+        f"`shape` must be a kernel shape, `(fan_in, fan_out)` for a dense "
+        f"layer or `(*window, in_features, features)` for a convolution, got "
+        f"{shape}.")
+  if min(shape) < 1:
     raise ValueError(
-        f"`shape` must have fan_in >= 1 and fan_out >= 1, got {shape}.")
-  return int(shape[0]), int(shape[1])
+        f"`shape` must have fan_in >= 1 and fan_out >= 1 (every size at "
+        f"least 1), got {shape}.")
+  return tuple(int(d) for d in shape)
 
 
 def _init_call(shape: Any, num_candidates: int | None, dtype: DTypeLike
-               ) -> tuple[tuple[int, int], int, jnp.dtype]:
+               ) -> tuple[tuple[int, ...], int, jnp.dtype]:
   """Checks an initializer call: the kernel shape, N (default 5 fan_out), dtype."""
-  fan_in, fan_out = _check_shape(shape)
-  n = CANDIDATES_PER_NEURON * fan_out if num_candidates is None else num_candidates
-  _check_num_candidates(n, fan_out)
+  shape = _check_shape(shape)
+  n = CANDIDATES_PER_NEURON * shape[-1] if num_candidates is None else num_candidates
+  _check_num_candidates(n, shape[-1])
   dtype = jnp.dtype(dtype)
   if not jnp.issubdtype(dtype, jnp.floating):
     raise TypeError(f"`dtype` must be a floating dtype, got {dtype}.")
-  return (fan_in, fan_out), int(n), dtype
+  return shape, int(n), dtype
 
 
 def _check_num_candidates(num_candidates: Any, fan_out: int) -> None:
@@ -105,7 +112,8 @@ def _check_num_candidates(num_candidates: Any, fan_out: int) -> None:
 def _options(x: jax.Array, num_candidates: int,
              row_sharding: placement.RowSharding | None, *,
              activation: Activation, class_balanced: bool,
-             num_classes: int | None, chunk_size: int | None
+             num_classes: int | None, chunk_size: int | None,
+             convolution: conv.ConvSpec | None = None
              ) -> scores_lib.ScoringOptions:
   """The static scoring options for N candidates on the placed batch `x`."""
   return scores_lib.ScoringOptions(
@@ -114,7 +122,12 @@ def _options(x: jax.Array, num_candidates: int,
       chunk_size=placement.auto_chunk_size(chunk_size, x.shape[0],
                                            num_candidates,
                                            placement.platform(x)),
-      row_sharding=row_sharding)
+      row_sharding=row_sharding, conv=convolution)
+
+
+def _flat(x: jax.Array | None) -> jax.Array | None:
+  """A batch `(m, *dims)` as the `(m, fan_in)` rows a dense layer sees."""
+  return None if x is None else x.reshape(x.shape[0], -1)
 
 
 # Scoring and election compile separately: the election takes its own
@@ -190,7 +203,7 @@ def campaign_select(
     Mao et al., "Neuron Campaign for Initialization Guided by Information
     Bottleneck Theory", CIKM 2021, https://arxiv.org/abs/2108.06530.
   """
-  x = validation.as_batch(batch)
+  x = _flat(validation.as_batch(batch))
   labels, num_classes = validation.as_int_labels(labels, x.shape[0], num_classes)
   candidates = jnp.asarray(candidates)
   if candidates.ndim != 2 or candidates.shape[0] != x.shape[1]:
@@ -238,6 +251,10 @@ def campaign_init(
     num_classes: int | None = None,
     bias: float = 0.0,
     chunk_size: int | None = None,
+    strides: int | Sequence[int] = 1,
+    padding: conv.Padding = "SAME",
+    kernel_dilation: int | Sequence[int] = 1,
+    feature_group_count: int = 1,
 ) -> Initializer:
   """Builds an initializer that elects a layer's neurons by a Neuron Campaign.
 
@@ -272,11 +289,23 @@ def campaign_init(
       O(chunk_size * N) instead of O(m * N); None chooses by device (see
       `campaign_select`). A batch sharded along its rows over a
       `jax.sharding.Mesh` is scored where it lies: each device sums its own
-      rows and one all-reduce combines the statistics.
+      rows and two small all-reduces combine the statistics.
+    strides: for a convolution's kernel, the layer's strides (an int or one
+      per spatial axis), as `flax.linen.Conv` takes them.
+    padding: for a convolution's kernel, "SAME", "VALID", an int, or one int
+      or `(low, high)` pair per spatial axis, as `flax.linen.Conv` takes it.
+    kernel_dilation: for a convolution's kernel, its dilation.
+    feature_group_count: for a convolution's kernel; only 1 is supported
+      (grouped and depthwise convolutions are refused with an error).
 
   Returns:
-    `init(key, shape, dtype=jnp.float32) -> jax.Array`, a kernel of shape
-    `(fan_in, fan_out)`.
+    `init(key, shape, dtype=jnp.float32) -> jax.Array`. A dense kernel
+    `shape = (fan_in, fan_out)` takes `batch` flattened to `(m, fan_in)`; a
+    convolution's, flax's `(*window, in_features, features)` for a 1-, 2- or
+    3-D convolution, takes `batch` as `(m, *spatial, in_features)`: every
+    output position of every example is a sample of a candidate's response,
+    with its example's label, and the election runs on the filters
+    flattened over `(*window, in_features)`.
 
   Raises:
     ValueError, TypeError: here for malformed batch, labels or options, and
@@ -319,22 +348,29 @@ def campaign_init(
 
   def init(key: jax.Array, shape: tuple[int, ...],
            dtype: DTypeLike = jnp.float32) -> jax.Array:
-    (fan_in, fan_out), n, dtype = _init_call(shape, num_candidates, dtype)
-    if fan_in != x.shape[1]:
-      raise ValueError(
-          f"`batch` has {x.shape[1]} features but the kernel expects "
-          f"fan_in={fan_in}; pass the activations that feed this layer.")
-    options = _options(x, n, row_sharding, activation=activation,
+    shape, n, dtype = _init_call(shape, num_candidates, dtype)
+    if len(shape) == 2:  # a dense kernel: the batch flattened to fan_in
+      rows, first, spec = _flat(x), _flat(first_row), None
+      if rows.shape[1] != shape[0]:
+        raise ValueError(
+            f"`batch` has {rows.shape[1]} features but the kernel expects "
+            f"fan_in={shape[0]}; pass the activations that feed this layer.")
+    else:  # a convolution's: the batch as images
+      rows, first = x, first_row
+      spec = conv.conv_spec(x.shape, shape, strides=strides, padding=padding,
+                            kernel_dilation=kernel_dilation,
+                            feature_group_count=feature_group_count)
+    options = _options(rows, n, row_sharding, activation=activation,
                        class_balanced=class_balanced, num_classes=num_classes,
-                       chunk_size=chunk_size)
+                       chunk_size=chunk_size, convolution=spec)
     w, scores, groups, dropped = placement.on_auto_axes(_campaign_kernel, x)(
-        key, x, first_row, int_labels, alpha, bias, base_init=base_init,
-        shape=(fan_in, fan_out), dtype=dtype, num_candidates=n,
-        options=options)
+        key, rows, first, int_labels, alpha, bias, base_init=base_init,
+        shape=shape, dtype=dtype, num_candidates=n, options=options)
     scores_lib.warn_if_dropped(dropped)
-    indices = election.elect_compiled(  # on the candidates as scored
-        w.astype(x.dtype), scores, groups, options.num_groups, fan_out)
-    kernel = w[:, indices]  # Step 5: the raw candidate columns
+    indices = election.elect_compiled(  # on the candidates as scored, flat
+        w.reshape(-1, n).astype(x.dtype), scores, groups, options.num_groups,
+        shape[-1])
+    kernel = w[..., indices]  # Step 5: the raw candidates, in the layout
     # Traced input that fails a value check gives NaN, never a plausible
     # kernel.
     return kernel if valid is None else jnp.where(valid, kernel, jnp.nan)
@@ -348,8 +384,8 @@ def _random_pick_kernel(key, *, base_init, shape, dtype, num_candidates):
   w = draw_candidates(key, base_init, shape, num_candidates, dtype)
   # A key folded from `key` picks; the candidates above use `key` itself.
   picked = jax.random.choice(jax.random.fold_in(key, 1), num_candidates,
-                             (shape[1],), replace=False)
-  return w[:, picked]
+                             (shape[-1],), replace=False)
+  return w[..., picked]
 
 
 def random_pick_init(
@@ -405,9 +441,8 @@ def random_pick_init(
 
   def init(key: jax.Array, shape: tuple[int, ...],
            dtype: DTypeLike = jnp.float32) -> jax.Array:
-    (fan_in, fan_out), n, dtype = _init_call(shape, num_candidates, dtype)
-    return _random_pick_kernel(key, base_init=base_init,
-                               shape=(fan_in, fan_out), dtype=dtype,
-                               num_candidates=n)
+    shape, n, dtype = _init_call(shape, num_candidates, dtype)
+    return _random_pick_kernel(key, base_init=base_init, shape=shape,
+                               dtype=dtype, num_candidates=n)
 
   return init

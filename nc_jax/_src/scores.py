@@ -22,6 +22,7 @@ from jax.typing import ArrayLike
 
 from nc_jax._src import placement
 from nc_jax._src import validation
+from nc_jax._src.conv import ConvSpec
 from nc_jax._src.types import Activation
 
 # A norm at most this fraction of the responses' scale counts as zero
@@ -125,17 +126,25 @@ def class_sums(z: jax.Array, labels: jax.Array | None, num_classes: int,
   """Per-class count, sum and sum of squares of each column of `z - shift`.
 
   One pass of one-hot products, so nothing loops over samples or classes.
-  With `labels=None` there is one class holding every sample.
+  With `labels=None` there is one class holding every sample. Responses of
+  shape `(rows, *positions, N)` (a convolution's) count every position of a
+  row as one sample with the row's label.
   """
-  d = z - shift[None, :]
-  exponent = _scale_exponent(d)
-  d = d * _pow2(-_settled(exponent), d.dtype)[None, :]
+  n = z.shape[-1]
+  d = (z - shift.reshape((1,) * (z.ndim - 1) + (n,))).reshape(z.shape[0], -1, n)
+  exponent = _scale_exponent(d.reshape(-1, n))
+  d = d * _pow2(-_settled(exponent), d.dtype)[None, None, :]
   if labels is None:
     onehot = jnp.ones((z.shape[0], 1), z.dtype)
   else:
     onehot = jax.nn.one_hot(labels, num_classes, dtype=z.dtype)
-  return ClassSums(onehot.sum(axis=0), placement.exact_matmul(onehot.T, d),
-                   placement.exact_matmul(onehot.T, d * d), exponent)
+  if d.shape[1] == 1:  # one position: a dense layer's responses
+    first, second = d[:, 0], (d * d)[:, 0]
+  else:
+    first, second = d.sum(axis=1), (d * d).sum(axis=1)
+  return ClassSums(onehot.sum(axis=0) * d.shape[1],
+                   placement.exact_matmul(onehot.T, first),
+                   placement.exact_matmul(onehot.T, second), exponent)
 
 
 def moments_from_sums(sums: ClassSums, shift: jax.Array) -> ClassMoments:
@@ -205,7 +214,9 @@ def response_moments(
   pass it replicated over the mesh so that no other collective is needed)
   as their shift.
   """
-  shift = respond(x[:1] if first_row is None else first_row)[0]
+  # The response at the first row's first position.
+  shift = respond(x[:1] if first_row is None else first_row)
+  shift = shift.reshape(-1, shift.shape[-1])[0]
   total = functools.partial(_response_sums, respond=respond,
                             num_classes=num_classes, chunk_size=chunk_size,
                             shift=shift)
@@ -316,12 +327,14 @@ class ScoringOptions:
     num_classes: C, or None without labels.
     chunk_size: rows scored at a time, or None for the whole batch at once.
     row_sharding: `(mesh, axes)` of a batch split along its rows, or None.
+    conv: the convolution of a conv layer, or None for a dense one.
   """
   activation: Activation
   class_balanced: bool
   num_classes: int | None
   chunk_size: int | None
   row_sharding: placement.RowSharding | None
+  conv: ConvSpec | None = None
 
   @property
   def num_groups(self) -> int:
@@ -339,10 +352,12 @@ def campaign_scores(
   criteria dropped out.
 
   Args:
-    x: the layer's validated batch, `(m, fan_in)`.
+    x: the layer's validated batch, `(m, fan_in)`, or `(m, *spatial, in)`
+      for a convolution.
     first_row: `x[:1]` as `placement.placement` places it, or None.
     labels: int32 class ids `(m,)`, or None.
-    candidates: `(fan_in, N)`, cast to the batch's dtype before scoring.
+    candidates: `(fan_in, N)`, or `(*window, in, N)` for a convolution,
+      cast to the batch's dtype before scoring.
     alpha: the weight of the input-information criterion.
     bias: the scalar bias of the layer.
     options: the static rest.
@@ -352,8 +367,11 @@ def campaign_scores(
     `[0, options.num_groups)`, and the `Dropped` flags.
   """
   w = candidates.astype(x.dtype)
-  respond = lambda rows: options.activation(  # Step 1
-      rows @ w + bias.astype(x.dtype))
+  if options.conv is None:  # Step 1
+    respond = lambda rows: options.activation(rows @ w + bias.astype(x.dtype))
+  else:
+    respond = lambda rows: options.activation(
+        options.conv.apply(rows, w) + bias.astype(x.dtype))
   moments = response_moments(x, labels, respond, options.num_classes,
                              options.chunk_size, options.row_sharding,
                              first_row)
@@ -361,7 +379,7 @@ def campaign_scores(
   if options.num_groups > 1:
     groups = class_groups(moments)
   else:
-    groups = jnp.zeros(w.shape[1], jnp.int32)
+    groups = jnp.zeros(w.shape[-1], jnp.int32)
   return scores, groups, dropped
 
 

@@ -28,14 +28,14 @@ from nc_jax._src.placement import is_concrete
 
 
 def as_batch(batch: ArrayLike, name: str = "batch") -> jax.Array:
-  """Checks a batch of samples and returns it as a `(m, features)` float array.
+  """Checks a batch of samples and returns it as a float array.
 
   Args:
     batch: `(m, fan_in)`, or `(m, *dims)` that flattens to `fan_in`.
     name: the argument's name, for error messages.
 
   Returns:
-    The batch flattened to 2-D, in float32 (float64 if given float64 with x64).
+    The batch, in float32 (float64 if given float64 with x64), unflattened.
 
   Raises:
     TypeError: for a dtype that is not real numeric.
@@ -67,7 +67,7 @@ def as_batch(batch: ArrayLike, name: str = "batch") -> jax.Array:
         "least one feature per sample.")
   check_finite(batch, name)
   x = jnp.asarray(batch)
-  return x.reshape(x.shape[0], -1).astype(compute_dtype(x.dtype))
+  return x.astype(compute_dtype(x.dtype))
 
 
 @jax.jit
