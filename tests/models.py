@@ -57,7 +57,7 @@ class NormDropoutMLP(nn.Module):
 
 
 class SmallCNN(nn.Module):
-  """Convolutions keep their init; the Dense head is elected."""
+  """A convolution, then a Dense head: every kernel is elected."""
 
   @nn.compact
   def __call__(self, x):
@@ -83,11 +83,12 @@ class SharedDense(nn.Module):
     return self.head(h)
 
 
-class ConvOnly(nn.Module):
+class NoWeights(nn.Module):
+  """Normalization only: no layer with a kernel."""
 
   @nn.compact
   def __call__(self, x):
-    return nn.Conv(4, (3, 3))(x.reshape(x.shape[0], 28, 28, 1))
+    return nn.LayerNorm()(x)
 
 
 class NnxNormDropout(nnx.Module):

@@ -2,6 +2,7 @@
 
 import flax.linen as nn
 import jax
+from flax import nnx
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -129,3 +130,124 @@ def test_random_pick_takes_conv_kernels():
   flat, pool = kernel.reshape(-1, 4), candidates.reshape(-1, 20)
   assert all(any(np.array_equal(flat[:, i], pool[:, j]) for j in range(20))
              for i in range(4))
+
+
+LECUN = nn.initializers.lecun_normal()
+
+
+class CNN(nn.Module):
+  """Convolutions with pooling, normalization and a residual connection."""
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.max_pool(nn.relu(nn.Conv(4, (3, 3), padding="VALID")(x)), (2, 2),
+                    (2, 2))
+    h = nn.LayerNorm()(h + nn.relu(nn.Conv(4, (3, 3), strides=1)(h)))
+    return nn.Dense(10)(h.reshape(h.shape[0], -1))
+
+
+class NnxCNN(nnx.Module):
+  def __init__(self, rngs):
+    self.conv0 = nnx.Conv(1, 4, (3, 3), padding="VALID", rngs=rngs)
+    self.conv1 = nnx.Conv(4, 4, (3, 3), rngs=rngs)
+    self.norm = nnx.LayerNorm(4, rngs=rngs)
+    self.head = nnx.Linear(36, 10, rngs=rngs)
+
+  def __call__(self, x):
+    h = nnx.max_pool(nnx.relu(self.conv0(x)), (2, 2), (2, 2))
+    h = self.norm(h + nnx.relu(self.conv1(h)))
+    return self.head(h.reshape(h.shape[0], -1))
+
+
+def _conv(x, kernel, **kwargs):
+  return nn.Conv(kernel.shape[-1], kernel.shape[:2], **kwargs).apply(
+      {"params": {"kernel": kernel, "bias": jnp.zeros(kernel.shape[-1])}}, x)
+
+
+def test_a_cnn_is_elected_layer_by_layer_on_each_layers_input(digits):
+  x, y = _images(digits, 120, 8)
+  key = jax.random.key(5)
+  got = nc_jax.campaign_linen(CNN(), key, x, y, progress=False)["params"]
+  campaign_key = jax.random.split(key)[1]
+  layer_key = lambda i: jax.random.fold_in(campaign_key, i)
+  k0 = nc_jax.campaign_init(x, y, alpha=1.0, base_init=LECUN,
+                            padding="VALID")(layer_key(0), (3, 3, 1, 4))
+  h = nn.max_pool(jax.nn.relu(_conv(x, k0, padding="VALID")), (2, 2), (2, 2))
+  k1 = nc_jax.campaign_init(h, y, alpha=0.5, base_init=LECUN)(
+      layer_key(1), (3, 3, 4, 4))
+  h = nn.LayerNorm().apply({"params": got["LayerNorm_0"]},
+                           h + jax.nn.relu(_conv(h, k1)))
+  k2 = nc_jax.campaign_init(h.reshape(120, -1), y, alpha=0.0, base_init=LECUN,
+                            activation=lambda z: z)(layer_key(2), (36, 10))
+  np.testing.assert_array_equal(got["Conv_0"]["kernel"], k0)
+  np.testing.assert_array_equal(got["Conv_1"]["kernel"], k1)
+  np.testing.assert_array_equal(got["Dense_0"]["kernel"], k2)
+
+  model = NnxCNN(nnx.Rngs(0))
+  nc_jax.campaign_nnx(model, x, y, key=campaign_key, progress=False)
+  np.testing.assert_array_equal(model.conv0.kernel.get_value(), k0)
+  np.testing.assert_array_equal(model.conv1.kernel.get_value(), k1)
+  np.testing.assert_array_equal(model.head.kernel.get_value(), k2)
+
+
+def test_lsuv_sets_every_conv_to_unit_output_variance(digits):
+  x, _ = _images(digits, 120, 8)
+  params = nc_jax.lsuv_linen(CNN(), jax.random.key(0), x,
+                             progress=False)["params"]
+  h = _conv(x, params["Conv_0"]["kernel"], padding="VALID")
+  assert abs(float(h.var()) - 1) < 0.1
+  model = NnxCNN(nnx.Rngs(0))
+  nc_jax.lsuv_nnx(model, x, progress=False)
+  assert abs(float(model.conv0(jnp.asarray(x)).var()) - 1) < 0.1
+
+
+class Tokens(nn.Module):
+  """DenseGeneral over the last axis of tokens, then over two axes."""
+
+  @nn.compact
+  def __call__(self, x):  # (m, 6, 8)
+    h = nn.relu(nn.DenseGeneral((2, 5), axis=-1)(x))  # (m, 6, 2, 5)
+    h = nn.relu(nn.DenseGeneral(7, axis=(-2, -1))(h))  # (m, 6, 7)
+    return nn.Dense(3)(h.mean(axis=1))
+
+
+def test_dense_general_contracts_its_axes_and_labels_every_token(digits):
+  x, y = stratified(*digits, 90)
+  x = x[:, :48].reshape(90, 6, 8)
+  key = jax.random.key(1)
+  got = nc_jax.campaign_linen(Tokens(), key, x, y, progress=False)["params"]
+  layer_key = lambda i: jax.random.fold_in(jax.random.split(key)[1], i)
+  k0 = nc_jax.campaign_init(x.reshape(-1, 8), np.repeat(y, 6), alpha=1.0,
+                            base_init=LECUN)(layer_key(0), (8, 10))
+  np.testing.assert_array_equal(got["DenseGeneral_0"]["kernel"],
+                                k0.reshape(8, 2, 5))
+  h = jax.nn.relu(jnp.einsum("mtd,dab->mtab", x, k0.reshape(8, 2, 5)))
+  k1 = nc_jax.campaign_init(h.reshape(-1, 10), np.repeat(y, 6), alpha=0.5,
+                            base_init=LECUN)(layer_key(1), (10, 7))
+  np.testing.assert_array_equal(got["DenseGeneral_1"]["kernel"],
+                                k1.reshape(2, 5, 7))
+
+
+class Unsupported(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    h = nn.ConvTranspose(2, (3, 3))(x)
+    return nn.Dense(10)(h.reshape(h.shape[0], -1))
+
+
+def test_layers_the_walk_cannot_handle_keep_their_init_with_one_warning(digits):
+  x, y = _images(digits, 60, 8)
+  key = jax.random.key(0)
+  with pytest.warns(UserWarning, match=r"'ConvTranspose_0' \(ConvTranspose\)"):
+    got = nc_jax.campaign_linen(Unsupported(), key, x, y, progress=False)
+  own = Unsupported().init(jax.random.split(key)[0], x[:2])
+  np.testing.assert_array_equal(got["params"]["ConvTranspose_0"]["kernel"],
+                                own["params"]["ConvTranspose_0"]["kernel"])
+
+
+def test_a_grouped_conv_names_layers_as_the_way_out(digits):
+  x, y = _images(digits, 60, 8)
+  x = np.concatenate([x, x], -1)
+  model = nn.Sequential([nn.Conv(4, (3, 3), feature_group_count=2), nn.relu])
+  with pytest.raises(ValueError, match="leave the layer out with `layers=`"):
+    nc_jax.campaign_linen(model, jax.random.key(0), x, y, progress=False)

@@ -58,10 +58,13 @@ def test_other_variables_keep_the_models_init(data):
   x, _ = data
   model = models.SmallCNN()
   key = jax.random.key(1)
-  got = nc_jax.lsuv_linen(model, key, x, progress=False)
+  got = nc_jax.lsuv_linen(model, key, x, progress=False,
+                          layers=lambda path: path != "Conv_0")
   ref = model.init(jax.random.split(key)[0], x)
   np.testing.assert_array_equal(got["params"]["Conv_0"]["kernel"],
                                 ref["params"]["Conv_0"]["kernel"])
+  np.testing.assert_array_equal(got["params"]["Dense_0"]["bias"],
+                                ref["params"]["Dense_0"]["bias"])
   assert jax.tree.structure(got) == jax.tree.structure(ref)
 
 
@@ -96,7 +99,7 @@ def test_bad_options(data, kwargs, match):
     nc_jax.lsuv_linen(models.MLP((16, 10)), jax.random.key(0), x, **kwargs)
 
 
-def test_no_dense_layer(data):
+def test_no_weight_layer(data):
   x, _ = data
-  with pytest.raises(ValueError, match="no dense layer"):
-    nc_jax.lsuv_linen(models.ConvOnly(), jax.random.key(0), x)
+  with pytest.raises(ValueError, match="no weight layer"):
+    nc_jax.lsuv_linen(models.NoWeights(), jax.random.key(0), x)

@@ -29,7 +29,7 @@ def _lsuv_rule(key: jax.Array, tol: float,
   def rule(layer: traversal.Layer) -> jax.Array:
     dtype = layer.kernel.dtype
     kernel = orthogonal(jax.random.fold_in(key, layer.index),
-                        layer.kernel.shape, dtype)
+                        layer.flat_shape, dtype).reshape(layer.kernel.shape)
     for _ in range(max_iters):
       variance = float(jnp.var(layer.outputs(kernel).astype(jnp.float32)))
       if abs(variance - 1.0) < tol:

@@ -110,9 +110,9 @@ def _bias_value(layer: traversal.Layer) -> float:
   return float(flat[0])
 
 
-def _layer_labels(layer: traversal.Layer, labels: jax.Array | None
-                  ) -> jax.Array | None:
-  """Labels row-aligned with the flattened input `(m * positions, fan_in)`."""
+def _layer_labels(layer: traversal.Layer, labels: jax.Array | None,
+                  positions: int) -> jax.Array | None:
+  """Labels row-aligned with `positions` samples per example."""
   if labels is None:
     return None
   if layer.inputs.ndim < 2 or layer.inputs.shape[0] != labels.shape[0]:
@@ -120,7 +120,6 @@ def _layer_labels(layer: traversal.Layer, labels: jax.Array | None
         f"layer {layer.path!r} gets input of shape {tuple(layer.inputs.shape)},"
         f" whose leading axis is not the batch of {labels.shape[0]} labelled "
         "examples; leave it out with `layers=` or pass `y=None`.")
-  positions = int(np.prod(layer.inputs.shape[1:-1], dtype=np.int64))
   return labels if positions == 1 else jnp.repeat(labels, positions)
 
 
@@ -147,26 +146,36 @@ def _campaign_rule(key: jax.Array, labels: jax.Array | None,
     activation_of = _activation_for(activation, plan)
 
     def rule(layer: traversal.Layer) -> jax.Array:
-      fan_in, fan_out = layer.kernel.shape
-      num_candidates = candidates_per_neuron * fan_out
+      conv = layer.geometry.conv
+      # A convolution is elected in its own layout; a dense layer's kernel
+      # as the matrix it is, on its input's rows.
+      shape = layer.kernel.shape if conv else layer.flat_shape
+      num_candidates = candidates_per_neuron * shape[-1]
       draw_from = base_init or layer.kernel_init or _NNX_DEFAULT_INIT
       if elect == "random":
         init = campaign.random_pick_init(num_candidates=num_candidates,
                                          base_init=draw_from)
       else:
+        if conv:
+          batch, batch_labels = layer.inputs, _layer_labels(layer, labels, 1)
+        else:
+          rows, positions = layer.rows()
+          batch = rows.reshape(-1, shape[0])
+          batch_labels = _layer_labels(layer, labels, positions)
         init = campaign.campaign_init(
-            layer.inputs.reshape(-1, fan_in), _layer_labels(layer, labels),
-            alpha=alphas[layer.index], num_candidates=num_candidates,
-            base_init=draw_from, activation=activation_of(layer.path),
+            batch, batch_labels, alpha=alphas[layer.index],
+            num_candidates=num_candidates, base_init=draw_from,
+            activation=activation_of(layer.path),
             class_balanced=class_balanced, num_classes=num_classes,
-            bias=_bias_value(layer), chunk_size=chunk_size)
-      return init(jax.random.fold_in(key, layer.index), layer.kernel.shape,
-                  layer.kernel.dtype)
+            bias=_bias_value(layer), chunk_size=chunk_size, **(conv or {}))
+      kernel = init(jax.random.fold_in(key, layer.index), shape,
+                    layer.kernel.dtype)
+      return kernel.reshape(layer.kernel.shape)
     return rule
   return make_rule
 
 
-# `nnx.Linear` does not keep its kernel_init; this is its default.
+# nnx layers do not keep their kernel_init; this is their default.
 _NNX_DEFAULT_INIT = nnx.initializers.lecun_normal()
 
 def campaign_linen(

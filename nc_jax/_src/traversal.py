@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import warnings
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
@@ -35,20 +36,41 @@ LayerFilter = Callable[[str], bool] | Collection[str] | None
 
 
 @dataclasses.dataclass(frozen=True)
+class Geometry:
+  """How a weight layer's kernel meets its input.
+
+  Attributes:
+    input_axes: the input axes the kernel contracts, non-negative, in order
+      (the last axis for `Dense` and `Conv`; `axis` for `DenseGeneral`).
+    kernel_in_axes: how many leading kernel axes are contracted (fan_in is
+      their product; the rest is fan_out).
+    conv: for a convolution, `campaign_init`'s convolution options as the
+      layer applies them (`strides`, `padding`, `kernel_dilation`,
+      `feature_group_count`); None for a dense layer.
+  """
+  input_axes: tuple[int, ...]
+  kernel_in_axes: int
+  conv: Mapping[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Layer:
-  """One dense layer as the walk reaches it, handed to a rule.
+  """One weight layer as the walk reaches it, handed to a rule.
 
   Attributes:
     path: the layer's path in the model, "/"-joined (e.g. "Dense_0",
       "blocks/0/linear").
     index: its position among the layers that take part, in call order.
-    inputs: its input on the batch, `(m, ..., fan_in)`.
-    kernel: its current kernel, `(fan_in, fan_out)`, in the parameter dtype.
-    bias: its current bias `(fan_out,)`, or None.
+    inputs: its input on the batch, `(m, ...)`.
+    kernel: its current kernel, in the parameter dtype: `(fan_in, fan_out)`
+      for `Dense`, `(*window, in, features)` for `Conv`, `(*contracted,
+      *features)` for `DenseGeneral`.
+    bias: its current bias, or None.
     kernel_init: the layer's own kernel initializer, or None where the
       framework does not record it (nnx).
     outputs: `outputs(kernel)` runs the layer's own call on `inputs` with the
       given kernel and returns its output.
+    geometry: how the kernel meets the input.
   """
   path: str
   index: int
@@ -57,25 +79,49 @@ class Layer:
   bias: jax.Array | None
   kernel_init: Initializer | None
   outputs: Callable[[jax.Array], jax.Array]
+  geometry: Geometry
+
+  @property
+  def flat_shape(self) -> tuple[int, int]:
+    """The kernel as a matrix: `(fan_in, fan_out)`."""
+    k = self.geometry.kernel_in_axes
+    return (math.prod(self.kernel.shape[:k]), math.prod(self.kernel.shape[k:]))
+
+  def rows(self) -> tuple[jax.Array, int]:
+    """A dense layer's input as `(m, positions, fan_in)` rows and positions:
+    the contracted axes moved last and flattened."""
+    axes = self.geometry.input_axes
+    moved = jnp.moveaxis(self.inputs, axes,
+                         tuple(range(-len(axes), 0)))
+    rows = moved.reshape(moved.shape[0], -1, self.flat_shape[0])
+    return rows, rows.shape[1]
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """The dense layers a walk will visit, known before the first rule runs."""
+  """The weight layers a walk will visit, known before the first rule runs."""
   paths: tuple[str, ...]    # taking part, in call order
-  output: str               # the last dense layer the forward pass calls
+  output: str               # the last weight layer the forward pass calls
 
 
 Rule = Callable[[Layer], jax.Array]
 RuleFactory = Callable[[Plan], Rule]
 
 
-def _plan(calls: Sequence[str], layers: LayerFilter) -> Plan:
-  """Orders the dense layers found, applies the filter, warns on sharing."""
+def _plan(calls: Sequence[str], layers: LayerFilter,
+          unsupported: Mapping[str, str]) -> Plan:
+  """Orders the weight layers found, applies the filter, warns on sharing
+  and on the layers the walk leaves as they are."""
+  if unsupported:
+    warnings.warn(
+        "these layers keep their own init (the walk does not handle them): "
+        + "; ".join(f"{path!r} ({why})" for path, why in unsupported.items()),
+        stacklevel=4)
   if not calls:
     raise ValueError(
-        "the model calls no dense layer (`flax.linen.Dense` / `flax.nnx.Linear`)"
-        " on `x`; the walk elects dense kernels only, so there is nothing to do.")
+        "the model calls no weight layer the walk handles (Dense, "
+        "DenseGeneral, Conv; nnx Linear, LinearGeneral, Conv) on `x`, so "
+        "there is nothing to do.")
   unique = tuple(dict.fromkeys(calls))
   if layers is None:
     chosen = unique
@@ -87,23 +133,23 @@ def _plan(calls: Sequence[str], layers: LayerFilter) -> Plan:
     unknown = sorted(set(layers) - set(unique))
     if unknown:
       raise ValueError(
-          f"`layers` names {unknown}, which the model does not call; its dense "
+          f"`layers` names {unknown}, which the model does not call; its weight "
           f"layers are {list(unique)}.")
     chosen = tuple(p for p in unique if p in layers)
   if not chosen:
     raise ValueError(
-        f"`layers` selects none of the model's dense layers {list(unique)}.")
+        f"`layers` selects none of the model's weight layers {list(unique)}.")
   for path in chosen:  # a layer left out keeps its init, however shared
     if calls.count(path) > 1:
       warnings.warn(
-          f"dense layer {path!r} is called {calls.count(path)} times with shared"
+          f"layer {path!r} is called {calls.count(path)} times with shared"
           " weights; it is set once, on the input of its first call.",
           stacklevel=4)
   return Plan(paths=chosen, output=unique[-1])
 
 
 class _Walker:
-  """Visits each dense layer once, in call order, and applies the rule."""
+  """Visits each weight layer once, in call order, and applies the rule."""
 
   def __init__(self, plan: Plan, rule: Rule, progress: bool, desc: str):
     self._plan = plan
@@ -114,21 +160,23 @@ class _Walker:
 
   def visit(self, path: str, inputs: jax.Array, kernel: jax.Array,
             bias: jax.Array | None, kernel_init: Initializer | None,
-            outputs: Callable[[jax.Array], jax.Array]) -> jax.Array | None:
+            outputs: Callable[[jax.Array], jax.Array],
+            geometry: Geometry) -> jax.Array | None:
     """Returns the layer's new kernel, or None to leave it as it is."""
     if path in self._seen or path not in self._plan.paths:
       return None
     self._seen.add(path)
     if not placement.is_concrete(inputs):
       raise ValueError(
-          f"dense layer {path!r} is called inside a JAX transformation (jit, "
+          f"layer {path!r} is called inside a JAX transformation (jit, "
           "scan, vmap, remat); the walk needs concrete inputs, so call the "
           "whole-model functions outside any transformation and use models "
           "without lifted transforms around dense layers.")
     self._bar.set_postfix_str(path)
     kernel = self._rule(Layer(
-        path=path, index=self._plan.paths.index(path), inputs=inputs, kernel=kernel, bias=bias, kernel_init=kernel_init,
-        outputs=outputs))
+        path=path, index=self._plan.paths.index(path), inputs=inputs,
+        kernel=kernel, bias=bias, kernel_init=kernel_init, outputs=outputs,
+        geometry=geometry))
     self._bar.update()
     return kernel
 
@@ -146,16 +194,57 @@ def _forward_error(x: jax.Array, error: Exception) -> ValueError:
 # linen ------------------------------------------------------------------------
 
 
-def _linen_interceptor(on_dense: Callable[..., None]) -> nn.module.Interceptor:
-  """Turns dropout off and hands every `Dense` call to `on_dense` first."""
+def _axes(axis: int | Sequence[int], ndim: int) -> tuple[int, ...]:
+  axis = (axis,) if isinstance(axis, int) else tuple(axis)
+  return tuple(sorted(a % ndim for a in axis))
+
+
+def _conv_options(module: Any) -> dict[str, Any]:
+  return {"strides": module.strides or 1, "padding": module.padding,
+          "kernel_dilation": module.kernel_dilation or 1,
+          "feature_group_count": module.feature_group_count}
+
+
+def _conv_unsupported(module: Any) -> str | None:
+  if module.mask is not None:
+    return "a masked convolution"
+  if (module.input_dilation or 1) not in (1, (1,) * len(module.kernel_size)):
+    return "input dilation"
+  return None
+
+
+def _linen_geometry(module: nn.Module, inputs: jax.Array
+                    ) -> Geometry | str | None:
+  """The layer's geometry; a reason if the walk cannot handle it; None if it
+  is not a weight layer."""
+  last = (inputs.ndim - 1,)
+  if isinstance(module, nn.Dense):
+    return Geometry(last, 1)
+  if isinstance(module, nn.DenseGeneral):
+    if module.batch_dims:
+      return "DenseGeneral with batch_dims"
+    axes = _axes(module.axis, inputs.ndim)
+    return Geometry(axes, len(axes))
+  if isinstance(module, nn.Conv):
+    return _conv_unsupported(module) or Geometry(
+        last, inputs.ndim - 1, _conv_options(module))
+  if isinstance(module, (nn.ConvTranspose, nn.ConvLocal, nn.Einsum)):
+    return type(module).__name__
+  return None
+
+
+def _linen_interceptor(on_layer: Callable[..., None]) -> nn.module.Interceptor:
+  """Turns dropout off and hands every weight layer's call to `on_layer`
+  first, with its geometry (or the reason it is not handled)."""
 
   def interceptor(next_fun, args, kwargs, context):
     module = context.module
     if context.method_name == "__call__":
       if isinstance(module, nn.Dropout):  # deterministic dropout is identity
         return args[0]
-      if isinstance(module, nn.Dense):
-        on_dense(module, next_fun, args, kwargs)
+      geometry = _linen_geometry(module, args[0])
+      if geometry is not None:
+        on_layer(module, geometry, next_fun, args, kwargs)
     return next_fun(*args, **kwargs)
 
   return interceptor
@@ -176,16 +265,25 @@ def walk_linen(model: nn.Module, key: jax.Array, x: jax.Array,
         "flax.nnx models use the `_nnx` function.")
   model_kwargs = dict(model_kwargs or {})
   calls: list[str] = []
-  record = lambda module, *_: calls.append(_linen_path(module))
+  unsupported: dict[str, str] = {}
+
+  def record(module, geometry, *_):
+    if isinstance(geometry, str):
+      unsupported[_linen_path(module)] = geometry
+    else:
+      calls.append(_linen_path(module))
+
   try:
     with nn.intercept_methods(_linen_interceptor(record)):
       variables = model.init(key, x[:2], **model_kwargs)  # shapes only
   except Exception as error:  # the model's own error, re-raised with context
     raise _forward_error(x, error) from error
-  plan = _plan(calls, layers)
+  plan = _plan(calls, layers, unsupported)
   walker = _Walker(plan, make_rule(plan), progress, desc)
 
-  def set_kernel(module, next_fun, args, kwargs):
+  def set_kernel(module, geometry, next_fun, args, kwargs):
+    if isinstance(geometry, str):
+      return
     params = dict(module.variables["params"])
 
     def outputs(kernel):  # the layer's own call, on an unbound copy
@@ -193,7 +291,8 @@ def walk_linen(model: nn.Module, key: jax.Array, x: jax.Array,
           {"params": {**params, "kernel": kernel}}, *args, **kwargs)
 
     new = walker.visit(_linen_path(module), args[0], params["kernel"],
-                       params.get("bias"), module.kernel_init, outputs)
+                       params.get("bias"), module.kernel_init, outputs,
+                       geometry)
     if new is not None:
       module.put_variable("params", "kernel", new)
 
@@ -225,18 +324,44 @@ def _wrapped_calls(types: Collection[type],
         cls.__call__ = own
 
 
-def _nnx_pass(view: nnx.Module, x: jax.Array, on_linear: Callable[..., None],
+def _nnx_geometry(module: nnx.Module, inputs: jax.Array
+                  ) -> Geometry | str | None:
+  """As `_linen_geometry`, for nnx layers."""
+  last = (inputs.ndim - 1,)
+  if isinstance(module, nnx.Linear):
+    return Geometry(last, 1)
+  if isinstance(module, nnx.LinearGeneral):
+    if module.batch_axis:
+      return "LinearGeneral with batch_axis"
+    axes = _axes(module.axis, inputs.ndim)
+    return Geometry(axes, len(axes))
+  if isinstance(module, nnx.Conv):
+    return _conv_unsupported(module) or Geometry(
+        last, inputs.ndim - 1, _conv_options(module))
+  if isinstance(module, (nnx.ConvTranspose, nnx.Einsum)):
+    return type(module).__name__
+  return None
+
+
+_NNX_LAYERS = (nnx.Linear, nnx.LinearGeneral, nnx.Conv, nnx.ConvTranspose,
+               nnx.Einsum)
+
+
+def _nnx_pass(view: nnx.Module, x: jax.Array, on_layer: Callable[..., None],
               model_kwargs: Mapping[str, Any]) -> None:
-  """One forward pass of `view`, handing each `Linear` call to `on_linear`."""
-  linears = [(path, module) for path, module in nnx.iter_modules(view)
-             if isinstance(module, nnx.Linear)]
-  paths = {id(module): "/".join(map(str, path)) for path, module in linears}
-  types = {type(module) for _, module in linears}
+  """One forward pass of `view`, handing each weight layer's call to
+  `on_layer` with its geometry (or the reason it is not handled)."""
+  found = [(path, module) for path, module in nnx.iter_modules(view)
+           if isinstance(module, _NNX_LAYERS)]
+  paths = {id(module): "/".join(map(str, path)) for path, module in found}
+  types = {type(module) for _, module in found}
 
   def wrap(call):
     def wrapped(self, *args, **kwargs):
       if id(self) in paths:
-        on_linear(paths[id(self)], self, call, args, kwargs)
+        geometry = _nnx_geometry(self, args[0])
+        if geometry is not None:
+          on_layer(paths[id(self)], self, geometry, call, args, kwargs)
       return call(self, *args, **kwargs)
     return wrapped
 
@@ -258,23 +383,34 @@ def walk_nnx(model: nnx.Module, x: jax.Array, make_rule: RuleFactory, *,
   view = nnx.view(model, only=nnx.Dropout, deterministic=True,
                   raise_if_not_found=False)
   calls: list[str] = []
+  unsupported: dict[str, str] = {}
+
+  def record(path, module, geometry, *_):
+    if isinstance(geometry, str):
+      unsupported[path] = geometry
+    else:
+      calls.append(path)
+
   try:
-    _nnx_pass(view, x[:2], lambda path, *_: calls.append(path), model_kwargs)
+    _nnx_pass(view, x[:2], record, model_kwargs)
   except Exception as error:  # the model's own error, re-raised with context
     raise _forward_error(x, error) from error
   finally:
     nnx.update(model, saved)
-  plan = _plan(calls, layers)
+  plan = _plan(calls, layers, unsupported)
   walker = _Walker(plan, make_rule(plan), progress, desc)
 
-  def set_kernel(path, module, call, args, kwargs):
+  def set_kernel(path, module, geometry, call, args, kwargs):
+    if isinstance(geometry, str):
+      return
+
     def outputs(kernel):
       module.kernel.set_value(kernel)
       return call(module, *args, **kwargs)
 
     kernel = module.kernel.get_value()
     bias = None if module.bias is None else module.bias.get_value()
-    new = walker.visit(path, args[0], kernel, bias, None, outputs)
+    new = walker.visit(path, args[0], kernel, bias, None, outputs, geometry)
     module.kernel.set_value(kernel if new is None else new)
 
   try:
