@@ -251,3 +251,23 @@ def test_a_grouped_conv_names_layers_as_the_way_out(digits):
   model = nn.Sequential([nn.Conv(4, (3, 3), feature_group_count=2), nn.relu])
   with pytest.raises(ValueError, match="leave the layer out with `layers=`"):
     nc_jax.campaign_linen(model, jax.random.key(0), x, y, progress=False)
+
+
+def test_lsuv_from_the_campaigns_kernels_keeps_their_directions(digits):
+  x, y = _images(digits, 120, 8)
+  key = jax.random.key(0)
+  elected = nc_jax.campaign_linen(CNN(), key, x, y, progress=False)
+  scaled = nc_jax.lsuv_linen(CNN(), key, x, variables=elected, progress=False)
+  for name in ("Conv_0", "Conv_1", "Dense_0"):
+    a, b = elected["params"][name]["kernel"], scaled["params"][name]["kernel"]
+    ratio = float(jnp.linalg.norm(b) / jnp.linalg.norm(a))
+    np.testing.assert_allclose(b, ratio * a, rtol=1e-5, atol=1e-7)
+  h = _conv(x, scaled["params"]["Conv_0"]["kernel"], padding="VALID")
+  assert abs(float(h.var()) - 1) < 0.1
+
+  model = NnxCNN(nnx.Rngs(0))
+  nc_jax.campaign_nnx(model, x, y, key=jax.random.split(key)[1],
+                      progress=False)
+  nc_jax.lsuv_nnx(model, x, orthogonal=False, progress=False)
+  np.testing.assert_allclose(model.conv0.kernel.get_value(),
+                             scaled["params"]["Conv_0"]["kernel"], rtol=1e-6)

@@ -18,9 +18,10 @@ from nc_jax._src import traversal
 from nc_jax._src import validation
 
 
-def _lsuv_rule(key: jax.Array, tol: float,
-               max_iters: int) -> traversal.RuleFactory:
-  """Orthogonal pre-init, then rescale until the output variance is 1."""
+def _lsuv_rule(key: jax.Array, tol: float, max_iters: int,
+               orthogonal_start: bool) -> traversal.RuleFactory:
+  """Orthogonal pre-init (or the layer's current kernel), then rescale until
+  the output variance is 1."""
   if not isinstance(tol, numbers.Real) or not 0 < tol < 1:
     raise ValueError(f"`tol` must be a float in (0, 1), got {tol!r}.")
   validation.check_positive_int(max_iters, "max_iters")
@@ -28,8 +29,11 @@ def _lsuv_rule(key: jax.Array, tol: float,
 
   def rule(layer: traversal.Layer) -> jax.Array:
     dtype = layer.kernel.dtype
-    kernel = orthogonal(jax.random.fold_in(key, layer.index),
-                        layer.flat_shape, dtype).reshape(layer.kernel.shape)
+    if orthogonal_start:
+      kernel = orthogonal(jax.random.fold_in(key, layer.index),
+                          layer.flat_shape, dtype).reshape(layer.kernel.shape)
+    else:
+      kernel = layer.kernel
     for _ in range(max_iters):
       variance = float(jnp.var(layer.outputs(kernel).astype(jnp.float32)))
       if abs(variance - 1.0) < tol:
@@ -37,8 +41,8 @@ def _lsuv_rule(key: jax.Array, tol: float,
       if not math.isfinite(variance) or variance == 0.0:
         warnings.warn(
             f"LSUV: layer {layer.path!r} has output variance {variance} on the "
-            "batch (dead or constant input); its orthogonal kernel is kept "
-            "unscaled.", stacklevel=6)
+            "batch (dead or constant input); its kernel is kept unscaled.",
+            stacklevel=6)
         break
       kernel = (kernel / math.sqrt(variance)).astype(dtype)
     return kernel
@@ -56,10 +60,11 @@ def lsuv_linen(
     layers: traversal.LayerFilter = None,
     progress: bool = True,
     model_kwargs: Mapping[str, Any] | None = None,
+    variables: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
   """Initializes a flax.linen model by LSUV on a batch.
 
-  Mishkin & Matas (ICLR 2016): every dense kernel is drawn orthogonal, then,
+  Mishkin & Matas (ICLR 2016): every kernel (Dense, DenseGeneral, Conv) is drawn orthogonal, then,
   layer by layer in call order, divided by the standard deviation of the
   layer's output on the batch until that variance is 1 within `tol` (at most
   `max_iters` rescalings). Outputs come from the layer's own call on its input
@@ -74,16 +79,19 @@ def lsuv_linen(
     x: the batch, as the model's `__call__` takes it.
     tol: tolerance on the output variance, `|var - 1| < tol`.
     max_iters: most rescalings per layer.
-    layers: which dense layers take part (None: all; a collection of paths or
+    layers: which weight layers take part (None: all; a collection of paths or
       a predicate on the path); the others keep the model's init.
     progress: show a tqdm bar over layers, naming each.
     model_kwargs: keyword arguments for the model's `__call__`.
+    variables: start from these variables (e.g. `campaign_linen`'s) instead
+      of `model.init` and orthogonal kernels: each layer's own kernel is
+      rescaled to unit output variance, its direction kept.
 
   Returns:
     The variables, as `model.init` returns them, with the LSUV kernels.
 
   Raises:
-    ValueError, TypeError: for a model without dense layers, an `x` the model
+    ValueError, TypeError: for a model without weight layers, an `x` the model
       cannot take, or malformed options.
 
   Examples:
@@ -105,9 +113,10 @@ def lsuv_linen(
   x, _, _ = validation.check_model_batch(x, None, None)
   init_key, lsuv_key = jax.random.split(validation.as_key(key))
   return traversal.walk_linen(model, init_key, x,
-                              _lsuv_rule(lsuv_key, tol, max_iters),
+                              _lsuv_rule(lsuv_key, tol, max_iters,
+                                         orthogonal_start=variables is None),
                               layers=layers, progress=progress, desc="LSUV",
-                              model_kwargs=model_kwargs)
+                              model_kwargs=model_kwargs, variables=variables)
 
 
 def lsuv_nnx(
@@ -120,8 +129,9 @@ def lsuv_nnx(
     layers: traversal.LayerFilter = None,
     progress: bool = True,
     model_kwargs: Mapping[str, Any] | None = None,
+    orthogonal: bool = True,
 ) -> None:
-  """Initializes a flax.nnx model's dense kernels by LSUV on a batch, in place.
+  """Initializes a flax.nnx model's kernels by LSUV on a batch, in place.
 
   As `lsuv_linen`, with `key` in the role of its `lsuv_key`: layer `i`'s
   orthogonal draw uses `jax.random.fold_in(key, i)`. Every other variable is
@@ -133,13 +143,15 @@ def lsuv_nnx(
     key: a PRNG key or an int seed.
     tol: tolerance on the output variance, `|var - 1| < tol`.
     max_iters: most rescalings per layer.
-    layers: which dense layers take part (None: all; a collection of paths or
+    layers: which weight layers take part (None: all; a collection of paths or
       a predicate on the path); the others keep their init.
     progress: show a tqdm bar over layers, naming each.
     model_kwargs: keyword arguments for the model's `__call__`.
+    orthogonal: draw orthogonal kernels first (LSUV); False rescales the
+      model's current kernels (e.g. `campaign_nnx`'s), directions kept.
 
   Raises:
-    ValueError, TypeError: for a model without dense layers, an `x` the model
+    ValueError, TypeError: for a model without weight layers, an `x` the model
       cannot take, or malformed options.
 
   Examples:
@@ -159,6 +171,6 @@ def lsuv_nnx(
   """
   x, _, _ = validation.check_model_batch(x, None, None)
   traversal.walk_nnx(model, x, _lsuv_rule(validation.as_key(key), tol,
-                                          max_iters),
+                                          max_iters, bool(orthogonal)),
                      layers=layers, progress=progress, desc="LSUV",
                      model_kwargs=model_kwargs)

@@ -1,4 +1,4 @@
-"""The campaign for whole models: every dense kernel elected, layer by layer."""
+"""The campaign for whole models: every kernel elected, layer by layer."""
 
 from __future__ import annotations
 
@@ -196,16 +196,21 @@ def campaign_linen(
     progress: bool = True,
     model_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-  """Initializes a flax.linen model with every dense kernel elected by a campaign.
+  """Initializes a flax.linen model with every kernel elected by a campaign.
 
   `init_key, campaign_key = jax.random.split(key)`; `model.init(init_key, x[:2])`
   gives every variable its own init, then one forward pass of `x` visits the
-  `Dense` layers in call order. Layer `i` (counting the layers taking part)
-  gets `campaign_init(inputs_i, y, ...)(jax.random.fold_in(campaign_key, i),
-  shape, dtype)`, where `inputs_i` is its input in that pass, produced by the
-  layers already elected (docs/algorithm.md#whole-models). Dropout is off
-  during the pass. A layer whose input has extra axes `(m, ..., fan_in)` is
-  scored on every position, each with its example's label.
+  `Dense`, `DenseGeneral` and `Conv` layers in call order. Layer `i`
+  (counting the layers taking part) gets `campaign_init(inputs_i, y,
+  ...)(jax.random.fold_in(campaign_key, i), shape, dtype)`, where `inputs_i`
+  is its input in that pass, produced by the layers already elected
+  (docs/algorithm.md#whole-models). Dropout is off during the pass. A `Conv`
+  is elected in its own layout with its strides, padding and dilation
+  (grouped convolutions raise: leave them out with `layers=`); a
+  `DenseGeneral` as the matrix of its contracted axes. A layer whose input
+  has extra axes (tokens, positions) is scored on every one, each with its
+  example's label. `ConvTranspose`, `ConvLocal` and `Einsum` keep their own
+  init, with one warning naming them.
 
   Args:
     model: a flax.linen module.
@@ -218,7 +223,7 @@ def campaign_linen(
       first layer falling linearly to 0 at the last.
     activation: the activation that follows each layer: a mapping from layer
       path to activation (unlisted layers keep the default) or a function of
-      the path. Default: ReLU, and identity for the last dense layer the
+      the path. Default: ReLU, and identity for the last weight layer the
       forward pass calls.
     candidates_per_neuron: candidates drawn per neuron (N = this * fan_out).
     base_init: the initializer candidates are drawn from; default the layer's
@@ -226,7 +231,7 @@ def campaign_linen(
       (nnx does not record a layer's kernel_init: pass it if yours differ).
     class_balanced: split each layer's neurons over the classes (Step 3).
     num_classes: C; inferred from `y` when left out.
-    layers: which dense layers take part: None (all), a collection of layer
+    layers: which weight layers take part: None (all), a collection of layer
       paths, or a predicate on the path. The others keep the model's init.
     chunk_size: score each layer's input this many rows at a time (memory
       O(chunk_size * N), see `campaign_init`); None chooses by device.
@@ -243,7 +248,7 @@ def campaign_linen(
     The variables, as `model.init` returns them, with the elected kernels.
 
   Raises:
-    ValueError, TypeError: for a model without dense layers, an `x` the model
+    ValueError, TypeError: for a model without weight layers, an `x` the model
       cannot take, `y` of another length than `x`, or malformed options.
 
   Examples:
@@ -291,9 +296,10 @@ def campaign_nnx(
     progress: bool = True,
     model_kwargs: Mapping[str, Any] | None = None,
 ) -> None:
-  """Elects every dense kernel of a flax.nnx model by a campaign, in place.
+  """Elects every kernel of a flax.nnx model by a campaign, in place.
 
-  One forward pass of `x` visits the `nnx.Linear` layers in call order; layer
+  One forward pass of `x` visits the `nnx.Linear`, `nnx.LinearGeneral` and
+  `nnx.Conv` layers in call order; layer
   `i` (counting the layers taking part) gets `campaign_init(inputs_i, y,
   ...)(jax.random.fold_in(key, i), shape, dtype)`, as in `campaign_linen`
   with `key` in the role of its `campaign_key`, so the two give the same
@@ -311,7 +317,7 @@ def campaign_nnx(
       first layer falling linearly to 0 at the last.
     activation: the activation that follows each layer: a mapping from layer
       path to activation (unlisted layers keep the default) or a function of
-      the path. Default: ReLU, and identity for the last dense layer the
+      the path. Default: ReLU, and identity for the last weight layer the
       forward pass calls.
     candidates_per_neuron: candidates drawn per neuron (N = this * fan_out).
     base_init: the initializer candidates are drawn from; default the layer's
@@ -319,7 +325,7 @@ def campaign_nnx(
       (nnx does not record a layer's kernel_init: pass it if yours differ).
     class_balanced: split each layer's neurons over the classes (Step 3).
     num_classes: C; inferred from `y` when left out.
-    layers: which dense layers take part: None (all), a collection of layer
+    layers: which weight layers take part: None (all), a collection of layer
       paths, or a predicate on the path. The others keep the model's init.
     chunk_size: score each layer's input this many rows at a time (memory
       O(chunk_size * N), see `campaign_init`); None chooses by device.
@@ -333,7 +339,7 @@ def campaign_nnx(
       `{"train": False}`).
 
   Raises:
-    ValueError, TypeError: for a model without dense layers, an `x` the model
+    ValueError, TypeError: for a model without weight layers, an `x` the model
       cannot take, `y` of another length than `x`, or malformed options.
 
   Examples:

@@ -1,15 +1,15 @@
 """Layer-sequential traversal of Flax models: one walk, any per-layer rule.
 
 The walk runs the model's own forward pass on the batch and stops at every
-dense layer (`flax.linen.Dense`, `flax.nnx.Linear`) in the order the forward
-pass calls it. A rule sees the layer's real input, as produced by the layers
+weight layer (`Dense`, `DenseGeneral`, `Conv`; nnx `Linear`, `LinearGeneral`,
+`Conv`) in the order the forward pass calls it. A rule sees the layer's real input, as produced by the layers
 already set, and returns the layer's new kernel; the forward pass then goes on
 with it. The campaign (`campaign_linen`) and LSUV (`lsuv_linen`) are two rules
 on this one walk.
 
 Inputs are captured and kernels replaced with the frameworks' own mechanisms:
 `flax.linen.intercept_methods` for linen, and for nnx a graph traversal
-(`nnx.iter_modules`) with the dense layers' `__call__` wrapped for the pass,
+(`nnx.iter_modules`) with the weight layers' `__call__` wrapped for the pass,
 the mechanism `nnx.capture` itself uses. Dropout is deterministic during the
 walk; nothing but the elected kernels changes in the model.
 """
@@ -171,7 +171,7 @@ class _Walker:
           f"layer {path!r} is called inside a JAX transformation (jit, "
           "scan, vmap, remat); the walk needs concrete inputs, so call the "
           "whole-model functions outside any transformation and use models "
-          "without lifted transforms around dense layers.")
+          "without lifted transforms around weight layers.")
     self._bar.set_postfix_str(path)
     kernel = self._rule(Layer(
         path=path, index=self._plan.paths.index(path), inputs=inputs,
@@ -256,9 +256,10 @@ def _linen_path(module: nn.Module) -> str:
 
 def walk_linen(model: nn.Module, key: jax.Array, x: jax.Array,
                make_rule: RuleFactory, *, layers: LayerFilter, progress: bool,
-               desc: str, model_kwargs: Mapping[str, Any] | None) -> dict:
-  """Initializes a linen model with `model.init`, then sets its dense kernels
-  layer by layer with the rule; returns the variables."""
+               desc: str, model_kwargs: Mapping[str, Any] | None,
+               variables: Mapping[str, Any] | None = None) -> dict:
+  """Initializes a linen model with `model.init` (or takes `variables`), then
+  sets its kernels layer by layer with the rule; returns the variables."""
   if not isinstance(model, nn.Module):
     raise TypeError(
         f"`model` must be a flax.linen.Module, got {type(model).__name__}; for "
@@ -275,7 +276,11 @@ def walk_linen(model: nn.Module, key: jax.Array, x: jax.Array,
 
   try:
     with nn.intercept_methods(_linen_interceptor(record)):
-      variables = model.init(key, x[:2], **model_kwargs)  # shapes only
+      if variables is None:
+        variables = model.init(key, x[:2], **model_kwargs)  # shapes only
+      else:
+        variables = dict(variables)
+        model.apply(variables, x[:2], mutable=True, **model_kwargs)
   except Exception as error:  # the model's own error, re-raised with context
     raise _forward_error(x, error) from error
   plan = _plan(calls, layers, unsupported)
@@ -372,7 +377,7 @@ def _nnx_pass(view: nnx.Module, x: jax.Array, on_layer: Callable[..., None],
 def walk_nnx(model: nnx.Module, x: jax.Array, make_rule: RuleFactory, *,
              layers: LayerFilter, progress: bool, desc: str,
              model_kwargs: Mapping[str, Any] | None) -> None:
-  """Sets an nnx model's dense kernels layer by layer with the rule, in place."""
+  """Sets an nnx model's kernels layer by layer with the rule, in place."""
   if not isinstance(model, nnx.Module):
     raise TypeError(
         f"`model` must be a flax.nnx.Module, got {type(model).__name__}; for "
