@@ -61,6 +61,14 @@ SCRIPT = textwrap.dedent("""
     assert seen == [(mesh, "data")] * 3, seen
     jax.tree.map(np.testing.assert_array_equal, want, got)
 
+    # A convolution's kernel on images sharded along their rows.
+    images = jnp.asarray(x).reshape(-1, 28, 28, 1)
+    conv = nc_jax.campaign_init(images, y, strides=2, chunk_size=96)
+    np.testing.assert_array_equal(
+        conv(key, (3, 3, 1, 8)),
+        nc_jax.campaign_init(jax.device_put(images, NamedSharding(mesh, P("data"))),
+                             ys, strides=2, chunk_size=96)(key, (3, 3, 1, 8)))
+
     # Meshes as docs/scaling.md builds them: `jax.make_mesh` gives Explicit
     # axes, on which slicing or reducing a sharded axis must name its output
     # sharding. 1-D and 2-D meshes, rows over one axis or two; eager, under
