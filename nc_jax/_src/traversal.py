@@ -213,22 +213,38 @@ def _conv_unsupported(module: Any) -> str | None:
   return None
 
 
-def _linen_geometry(module: nn.Module, inputs: jax.Array
-                    ) -> Geometry | str | None:
+@dataclasses.dataclass(frozen=True)
+class _Kinds:
+  """A framework's weight layers, by what the walk does with them."""
+  dense: type
+  general: type
+  conv: type
+  batch_attr: str  # the general layer's batch-axes attribute
+  unsupported: tuple[type, ...]
+
+
+_LINEN = _Kinds(nn.Dense, nn.DenseGeneral, nn.Conv, "batch_dims",
+                (nn.ConvTranspose, nn.ConvLocal, nn.Einsum))
+_NNX = _Kinds(nnx.Linear, nnx.LinearGeneral, nnx.Conv, "batch_axis",
+              (nnx.ConvTranspose, nnx.Einsum))
+
+
+def _geometry(kinds: _Kinds, module: Any, inputs: jax.Array
+              ) -> Geometry | str | None:
   """The layer's geometry; a reason if the walk cannot handle it; None if it
   is not a weight layer."""
   last = (inputs.ndim - 1,)
-  if isinstance(module, nn.Dense):
+  if isinstance(module, kinds.dense):
     return Geometry(last, 1)
-  if isinstance(module, nn.DenseGeneral):
-    if module.batch_dims:
-      return "DenseGeneral with batch_dims"
+  if isinstance(module, kinds.general):
+    if getattr(module, kinds.batch_attr):
+      return f"{type(module).__name__} with {kinds.batch_attr}"
     axes = _axes(module.axis, inputs.ndim)
     return Geometry(axes, len(axes))
-  if isinstance(module, nn.Conv):
+  if isinstance(module, kinds.conv):
     return _conv_unsupported(module) or Geometry(
         last, inputs.ndim - 1, _conv_options(module))
-  if isinstance(module, (nn.ConvTranspose, nn.ConvLocal, nn.Einsum)):
+  if isinstance(module, kinds.unsupported):
     return type(module).__name__
   return None
 
@@ -242,7 +258,7 @@ def _linen_interceptor(on_layer: Callable[..., None]) -> nn.module.Interceptor:
     if context.method_name == "__call__":
       if isinstance(module, nn.Dropout):  # deterministic dropout is identity
         return args[0]
-      geometry = _linen_geometry(module, args[0])
+      geometry = _geometry(_LINEN, module, args[0])
       if geometry is not None:
         on_layer(module, geometry, next_fun, args, kwargs)
     return next_fun(*args, **kwargs)
@@ -329,27 +345,7 @@ def _wrapped_calls(types: Collection[type],
         cls.__call__ = own
 
 
-def _nnx_geometry(module: nnx.Module, inputs: jax.Array
-                  ) -> Geometry | str | None:
-  """As `_linen_geometry`, for nnx layers."""
-  last = (inputs.ndim - 1,)
-  if isinstance(module, nnx.Linear):
-    return Geometry(last, 1)
-  if isinstance(module, nnx.LinearGeneral):
-    if module.batch_axis:
-      return "LinearGeneral with batch_axis"
-    axes = _axes(module.axis, inputs.ndim)
-    return Geometry(axes, len(axes))
-  if isinstance(module, nnx.Conv):
-    return _conv_unsupported(module) or Geometry(
-        last, inputs.ndim - 1, _conv_options(module))
-  if isinstance(module, (nnx.ConvTranspose, nnx.Einsum)):
-    return type(module).__name__
-  return None
-
-
-_NNX_LAYERS = (nnx.Linear, nnx.LinearGeneral, nnx.Conv, nnx.ConvTranspose,
-               nnx.Einsum)
+_NNX_LAYERS = (_NNX.dense, _NNX.general, _NNX.conv, *_NNX.unsupported)
 
 
 def _nnx_pass(view: nnx.Module, x: jax.Array, on_layer: Callable[..., None],
@@ -364,7 +360,7 @@ def _nnx_pass(view: nnx.Module, x: jax.Array, on_layer: Callable[..., None],
   def wrap(call):
     def wrapped(self, *args, **kwargs):
       if id(self) in paths:
-        geometry = _nnx_geometry(self, args[0])
+        geometry = _geometry(_NNX, self, args[0])
         if geometry is not None:
           on_layer(paths[id(self)], self, geometry, call, args, kwargs)
       return call(self, *args, **kwargs)
