@@ -14,6 +14,7 @@ import os
 import pathlib
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -24,32 +25,29 @@ from benchmarks import training
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 
-def at_least(low: int) -> Callable[[str], int]:
-  """An argparse type: an integer of at least `low`."""
+def _number(cast: Callable[[str], Any], kind: str, valid: Callable[[Any], bool],
+            requirement: str) -> Callable[[str], Any]:
+  """An argparse type: `cast(text)`, which must satisfy `valid`."""
 
-  def parse(text: str) -> int:
+  def parse(text: str) -> Any:
     try:
-      value = int(text)
+      value = cast(text)
     except ValueError:
-      raise argparse.ArgumentTypeError(
-          f"expected an integer, got {text!r}") from None
-    if value < low:
-      raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+      raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+    if not valid(value):
+      raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}")
     return value
 
   return parse
 
 
-def positive_float(text: str) -> float:
-  """An argparse type: a number above zero (`inf` included, `nan` not)."""
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(
-        f"expected a number, got {text!r}") from None
-  if not value > 0:
-    raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
-  return value
+def at_least(low: int) -> Callable[[str], int]:
+  """An argparse type: an integer of at least `low`."""
+  return _number(int, "an integer", lambda v: v >= low, f"at least {low}")
+
+
+# An argparse type: a number above zero (`inf` included, `nan` not).
+positive_float = _number(float, "a number", lambda v: v > 0, "above 0")
 
 
 def checked(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -122,11 +120,14 @@ def check_out(parser: argparse.ArgumentParser, out: str | os.PathLike[str],
 
 
 def base_parser(doc: str, *, archs: Sequence[str], epochs: int, seeds: int,
-                epochs_help: str) -> argparse.ArgumentParser:
-  """The options the MNIST benchmarks share: --arch, --epochs, --seeds,
-  --data, --out, --quick."""
+                epochs_help: str, arch_choices: Sequence[str] | None = None,
+                out: pathlib.Path = RESULTS) -> argparse.ArgumentParser:
+  """The options the MNIST benchmarks share: --arch (one of `arch_choices`,
+  default the MLPs of `training.ARCHS`), --epochs, --seeds, --data, --out
+  (default `out`), --quick."""
   parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-  parser.add_argument("--arch", nargs="+", choices=tuple(training.ARCHS),
+  parser.add_argument("--arch", nargs="+",
+                      choices=tuple(arch_choices or training.ARCHS),
                       default=list(archs))
   parser.add_argument("--epochs", type=at_least(1), default=epochs,
                       help=epochs_help)
@@ -137,7 +138,7 @@ def base_parser(doc: str, *, archs: Sequence[str], epochs: int, seeds: int,
                       help=f"one of {data_lib.SOURCES}; `idx DIR` for IDX "
                       "files, `tfds [DATA_DIR]`. auto: tfds MNIST when "
                       "prepared locally, else the bundled subset")
-  parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
+  parser.add_argument("--out", type=pathlib.Path, default=out)
   parser.add_argument("--quick", action="store_true",
                       help="a first look: at most 3 epochs and 2 seeds, the "
                       "first 1,000 training images")
@@ -177,6 +178,19 @@ def command(script: str, argv: Sequence[str] | None) -> str:
   `sys.argv[1:]`)."""
   return " ".join([f"python benchmarks/{script}",
                    *(sys.argv[1:] if argv is None else argv)])
+
+
+def run(script: str, argv: Sequence[str] | None, args: argparse.Namespace,
+        **options: Any) -> tuple[list[training.Run], dict[str, Any]]:
+  """Loads the data, trains every (`args.arch`, `args.init`) pair over
+  `args.seeds` and `args.epochs`; returns the runs and their settings."""
+  dataset = load_data(args)
+  print(dataset.describe())
+  start = time.perf_counter()
+  runs = training.run_comparison(args.arch, args.init, dataset,
+                                 range(args.seeds), args.epochs, **options)
+  return runs, run_settings(script, argv, dataset, args,
+                            time.perf_counter() - start)
 
 
 def run_settings(script: str, argv: Sequence[str] | None,

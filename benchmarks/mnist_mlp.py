@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-import time
 from collections.abc import Sequence
 
 if __package__ in (None, ""):  # run as `python benchmarks/mnist_mlp.py`
@@ -43,13 +42,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> str:
   args = parse_args(argv)
-  dataset = cli.load_data(args)
-  print(dataset.describe())
-  start = time.perf_counter()
-  runs = training.run_comparison(args.arch, args.init, dataset,
-                                 range(args.seeds), args.epochs)
-  settings = cli.run_settings("mnist_mlp.py", argv, dataset, args,
-                              time.perf_counter() - start)
+  runs, settings = cli.run("mnist_mlp.py", argv, args)
   text = reports.write_comparison(runs, settings, args.out)
   print(text)
   return text

@@ -117,13 +117,17 @@ def run_records(runs: Sequence[Run]) -> list[dict[str, Any]]:
 
 
 def write_curves_csv(runs: Sequence[Run], path: pathlib.Path) -> None:
-  """One line per (arch, init, seed, epoch) with each epoch metric."""
+  """One line per (arch, init, seed, epoch) with each epoch metric; epoch 0
+  (before any step) for runs that measured it (`Run.initial`)."""
   metrics = training.curve_metrics(runs)
   with open(path, "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["arch", "init", "seed", "epoch", *metrics])
     for run in runs:
       for i, seed in enumerate(run.seeds):
+        if run.initial:
+          writer.writerow([run.arch, run.init, seed, 0] + [
+              f"{run.initial[m][i]:.6g}" for m in metrics])
         for e in range(run.epochs):
           writer.writerow([run.arch, run.init, seed, e + 1] + [
               f"{run.curves[m][i, e]:.6g}" for m in metrics])
@@ -148,7 +152,8 @@ def plot_curves(runs: Sequence[Run], path: pathlib.Path, *,
     last_epoch: plot epochs 1..last_epoch only; default all.
 
   A campaign and its random-pick control share a colour; the control is
-  dashed, a base initializer dotted.
+  dashed, a base initializer dotted. Runs that measured their initialized
+  parameters (`Run.initial`) start at epoch 0.
   """
   import matplotlib
   matplotlib.use("Agg")
@@ -169,6 +174,9 @@ def plot_curves(runs: Sequence[Run], path: pathlib.Path, *,
       for run in panel_runs:
         values = run.curves[metric][:, :last_epoch]
         epochs = np.arange(1, values.shape[1] + 1)
+        if run.initial:
+          values = np.concatenate([run.initial[metric][:, None], values], 1)
+          epochs = np.arange(values.shape[1])
         mean = values.mean(0)
         color = colors.setdefault(run.init.replace("+random", "+campaign"),
                                   palette[len(colors) % len(palette)])

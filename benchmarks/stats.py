@@ -91,3 +91,32 @@ def paired_comparisons(
           for arch in dict.fromkeys(r.arch for r in runs)
           for ours, theirs in pairs
           if (arch, ours) in by_key and (arch, theirs) in by_key]
+
+
+def epochs_to_reach(runs: Sequence[Run], factor: float = 2.0,
+                    name: str = "epochs_to_2x_best") -> dict[str, float]:
+  """Per seed, the first epoch whose test error is at most `factor` times
+  the arch's best final test error; stored in each run's `extra[name]`.
+
+  The arch's best final test error is the lowest, over the initializers run
+  on it, of the mean over seeds of the final test error. Epoch 0 (before any
+  step) counts where the run measured it (`Run.initial`); a seed that never
+  gets there counts as `epochs + 1` (censored).
+
+  Returns:
+    Each arch's threshold, `factor` times its best final test error.
+  """
+  thresholds = {}
+  for arch in dict.fromkeys(r.arch for r in runs):
+    arch_runs = [r for r in runs if r.arch == arch]
+    best = min(float(r.curves["test_error"][:, -1].mean()) for r in arch_runs)
+    thresholds[arch] = factor * best
+    for run in arch_runs:
+      errors = run.curves["test_error"]
+      if "test_error" in run.initial:
+        errors = np.concatenate([run.initial["test_error"][:, None], errors], 1)
+      first = 0 if "test_error" in run.initial else 1
+      reached = errors <= thresholds[arch]
+      run.extra[name] = np.where(reached.any(1), reached.argmax(1) + first,
+                                 run.epochs + 1).astype(np.float64)
+  return thresholds

@@ -1,6 +1,8 @@
-"""The MLPs, their initializers and their training: what every benchmark run is.
+"""The models, their initializers and their training: what every run is.
 
-Every (architecture, initializer) pair trains one MLP per seed with plain SGD
+The models are the MLPs of `ARCHS` and the LeNet-style CNN of `CNN_ARCHS`
+(`model_for` builds either from its name). Every (architecture, initializer)
+pair trains one model per seed with plain SGD
 (learning rate 0.1, batch 100, cross-entropy, biases zero), all seeds at once
 (`jax.vmap`), one jitted `lax.scan` over the batches per epoch, test error
 (and validation error, where the data has a validation split) after every
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -34,8 +37,16 @@ ARCHS = {  # hidden widths; ReLU after each, a linear output layer
     "mlp3": (256, 100),
     "mlp5": (32, 32, 32, 32),
 }
+# The CNN: (conv features per block, dense width); each block a 3x3 Conv,
+# ReLU and a 2x2 max-pool, then a ReLU Dense layer and a linear output layer.
+CNN_ARCHS = {"cnn": ((32, 64), 128)}
 INITS = ("xavier", "he", "lsuv", "xavier+campaign", "he+campaign",
          "xavier+random", "he+random")
+# The campaign's elected kernels, then rescaled layer by layer to unit output
+# variance on the batch as LSUV does (`lsuv_linen(..., variables=...)`): the
+# election's directions with LSUV's scale.
+LSUV_INITS = ("xavier+campaign+lsuv", "he+campaign+lsuv")
+ALL_INITS = INITS + LSUV_INITS
 BASE_INITS = {
     "xavier": nn.initializers.glorot_uniform(),
     "he": nn.initializers.he_normal(),
@@ -68,6 +79,9 @@ def _metric_labels() -> dict[str, tuple[str, int]]:
   for epoch in EARLY_EPOCHS:
     for name, (label, digits) in curves.items():
       labels[f"epoch{epoch}_{name}"] = (f"{label} after epoch {epoch}", digits)
+  for name, (label, digits) in curves.items():
+    labels[f"epoch0_{name}"] = (f"{label} at init", digits)
+  labels["epochs_to_2x_best"] = ("epochs to 2x best final test error", 1)
   labels["init_seconds"] = ("init s, median (first seed, incl. compile)", 2)
   return labels
 
@@ -82,6 +96,77 @@ EARLY_METRICS = tuple(f"epoch{e}_{name}"
                       for name in ("train_loss", "test_error")
                       for e in EARLY_EPOCHS)
 FINAL_METRICS = ("min_test_error", "final_test_error")
+
+
+def conv_as_matmul(lhs: jax.Array, rhs: jax.Array,
+                   window_strides: Sequence[int], padding: Any,
+                   lhs_dilation: Sequence[int] | None = None,
+                   rhs_dilation: Sequence[int] | None = None,
+                   dimension_numbers: Any = None,
+                   feature_group_count: int = 1,
+                   precision: Any = None, **unused: Any) -> jax.Array:
+  """`lax.conv_general_dilated` for `nn.Conv`, as shifted slices and a matmul.
+
+  The same convolution (NHWC input, HWIO kernel, stride 1, no dilation, one
+  feature group), computed as the image patches (one slice per kernel tap,
+  concatenated on the channel axis) times the kernel reshaped to
+  `(taps * in_features, features)`. On CPU its gradient is a (batched, under
+  `jax.vmap`) matmul, which XLA runs far faster than its convolution's
+  gradient; the values match `lax.conv_general_dilated`
+  (tests/test_bench_mnist_cnn.py).
+  """
+  del dimension_numbers, unused  # flax passes NHWC / HWIO
+  if (any(s != 1 for s in window_strides) or feature_group_count != 1
+      or any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))):
+    raise NotImplementedError("conv_as_matmul: stride 1, no dilation, one "
+                              "feature group only")
+  taps = rhs.shape[:-2]
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(lhs.shape[1:-1], taps, window_strides,
+                                      padding)
+  x = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
+  out = [n - t + 1 for n, t in zip(x.shape[1:-1], taps)]
+  patches = jnp.concatenate(
+      [x[(slice(None), *(slice(o, o + n) for o, n in zip(offset, out)))]
+       for offset in np.ndindex(*taps)], axis=-1)
+  return jnp.einsum("...k,kf->...f", patches,
+                    rhs.reshape(-1, rhs.shape[-1]), precision=precision)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """`nn.max_pool(x, (2, 2), strides=(2, 2))` on NHWC as a reshape and a max:
+  the same values, and on CPU a faster gradient."""
+  h, w, c = x.shape[-3:]
+  x = x[..., :h // 2 * 2, :w // 2 * 2, :]
+  return x.reshape(*x.shape[:-3], h // 2, 2, w // 2, 2, c).max((-4, -2))
+
+
+class CNN(nn.Module):
+  """LeNet-style: per block a 3x3 Conv (SAME), ReLU, 2x2 max-pool; then a
+  ReLU Dense layer and a linear output layer; zero biases.
+
+  Takes flat rows of a square one-channel image (784 MNIST pixels become
+  28x28x1, 64 digits pixels 8x8x1). Convolutions go through `conv_as_matmul`
+  and pooling through `max_pool_2x2`, for speed on CPU.
+  """
+  features: tuple[int, ...] = (32, 64)
+  dense: int = 128
+  num_classes: int = 10
+  kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    side = round(math.sqrt(x.shape[-1]))
+    if side * side != x.shape[-1]:
+      raise ValueError(f"CNN: {x.shape[-1]} features are not a square image")
+    x = x.reshape(*x.shape[:-1], side, side, 1)
+    for features in self.features:
+      x = nn.Conv(features, (3, 3), kernel_init=self.kernel_init,
+                  conv_general_dilated=conv_as_matmul)(x)
+      x = max_pool_2x2(nn.relu(x))
+    x = x.reshape(*x.shape[:-3], -1)
+    x = nn.relu(nn.Dense(self.dense, kernel_init=self.kernel_init)(x))
+    return nn.Dense(self.num_classes, kernel_init=self.kernel_init)(x)
 
 
 class MLP(nn.Module):
@@ -102,10 +187,11 @@ class Init:
   """An initializer with its options: what the runs of one table row start from.
 
   Attributes:
-    init: one of `INITS`: a base initializer ("xavier", "he"), "lsuv", a
-      campaign with that base's candidates ("he+campaign") or its random-pick
+    init: one of `ALL_INITS`: a base initializer ("xavier", "he"), "lsuv", a
+      campaign with that base's candidates ("he+campaign"), its random-pick
       control ("he+random": `campaign_linen(..., elect="random")`, the same
-      candidates picked uniformly at random).
+      candidates picked uniformly at random) or the campaign's kernels
+      rescaled by LSUV ("he+campaign+lsuv", `LSUV_INITS`).
     options: keyword arguments for `nc_jax.campaign_linen`, e.g.
       `{"alpha": 0.5}` or `{"candidates_per_neuron": 2}`; of these a
       random-pick control uses only `candidates_per_neuron`.
@@ -125,9 +211,9 @@ class Init:
   labels: bool = True
 
   def __post_init__(self) -> None:
-    if self.init not in INITS:
+    if self.init not in ALL_INITS:
       raise ValueError(
-          f"unknown initializer {self.init!r}; choose from {INITS}.")
+          f"unknown initializer {self.init!r}; choose from {ALL_INITS}.")
     plain = self.init.partition("+")[2] == ""
     if plain and (self.options or self.score_rows is not None
                   or not self.labels):
@@ -147,30 +233,48 @@ class Init:
 
 
 def as_init(model_init: str | Init) -> Init:
-  """An `Init` from itself or from a name in `INITS` (no options)."""
+  """An `Init` from itself or from a name in `ALL_INITS` (no options)."""
   return model_init if isinstance(model_init, Init) else Init(model_init)
+
+
+def model_for(arch: str, num_classes: int = 10,
+              kernel_init: Callable[..., jax.Array] =
+              nn.initializers.lecun_normal()) -> nn.Module:
+  """The model an architecture name stands for: an MLP of `ARCHS` or a CNN
+  of `CNN_ARCHS`."""
+  if arch in CNN_ARCHS:
+    features, dense = CNN_ARCHS[arch]
+    return CNN(features, dense, num_classes, kernel_init)
+  return MLP(ARCHS[arch], num_classes, kernel_init)
 
 
 def initialize(model_init: str | Init, arch: str, key: jax.Array,
                data: data_lib.Dataset) -> Any:
-  """Parameters of one MLP under one initializer, through the public API.
+  """Parameters of one model under one initializer, through the public API.
 
-  The data-dependent initializers (LSUV, campaign) see the training set.
+  The data-dependent initializers (LSUV, campaign) see the training set;
+  "X+campaign+lsuv" rescales the campaign's kernels with
+  `lsuv_linen(..., variables=...)` on the same images, with the same key.
   """
   spec = as_init(model_init)
   base, _, method = spec.init.partition("+")
-  model = MLP(ARCHS[arch], data.num_classes,
-              BASE_INITS.get(base, nn.initializers.lecun_normal()))
+  model = model_for(arch, data.num_classes,
+                    BASE_INITS.get(base, nn.initializers.lecun_normal()))
   if spec.init in BASE_INITS:
     return model.init(key, data.x_train[:1])["params"]
   if spec.init == "lsuv":
     return nc_jax.lsuv_linen(model, key, data.x_train,
                              progress=False)["params"]
   rows = slice(spec.score_rows)
-  return nc_jax.campaign_linen(
+  method, _, rescale = method.partition("+")
+  variables = nc_jax.campaign_linen(
       model, key, data.x_train[rows],
       data.y_train[rows] if spec.labels else None, elect=method,
-      progress=False, **spec.options)["params"]
+      progress=False, **spec.options)
+  if rescale == "lsuv":
+    variables = nc_jax.lsuv_linen(model, key, data.x_train[rows],
+                                  variables=variables, progress=False)
+  return variables["params"]
 
 
 def _loss(model: MLP, params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -214,14 +318,49 @@ def error_rate(params, x, y, *, model):
   return jax.vmap(one_seed)(params)
 
 
+EVAL_CHUNK = 250  # held-out images per forward pass of a CNN (memory)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "chunk"))
+def loss_and_error(params, x, y, *, model, chunk):
+  """Each seed's mean cross-entropy and error (percent) on (x, y), computed
+  `chunk` images at a time (the last chunk may be shorter)."""
+  def one_seed(params):
+    def totals(xc, yc):
+      logits = model.apply({"params": params}, xc)
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, yc)
+      return loss.sum(), jnp.sum(jnp.argmax(logits, -1) != yc)
+    full = x.shape[0] // chunk * chunk
+    loss, wrong = jax.lax.map(
+        lambda xy: totals(*xy),
+        (x[:full].reshape(-1, chunk, *x.shape[1:]),
+         y[:full].reshape(-1, chunk)))
+    loss, wrong = loss.sum(), wrong.sum()
+    if full < x.shape[0]:
+      rest = totals(x[full:], y[full:])
+      loss, wrong = loss + rest[0], wrong + rest[1]
+    return loss / x.shape[0], 100.0 * wrong / x.shape[0]
+  return jax.vmap(one_seed)(params)
+
+
 @dataclasses.dataclass
 class Run:
-  """One (architecture, initializer) pair over all seeds."""
+  """One (architecture, initializer) pair over all seeds.
+
+  `initial` holds the epoch metrics of the initialized parameters, before
+  any step (empty unless trained with `at_init=True`): the training loss
+  over the whole training set and the held-out errors. `extra` holds summary
+  metrics computed across runs (e.g. `epochs_to_2x_best`).
+  """
   arch: str
   init: str                                    # the initializer's name
   seeds: tuple[int, ...]
   init_seconds: np.ndarray                     # (seeds,)
   curves: dict[str, np.ndarray]                # metric -> (seeds, epochs)
+  initial: dict[str, np.ndarray] = dataclasses.field(
+      default_factory=dict)                    # metric -> (seeds,)
+  extra: dict[str, np.ndarray] = dataclasses.field(
+      default_factory=dict)                    # summary metric -> (seeds,)
 
   @property
   def epochs(self) -> int:
@@ -243,10 +382,13 @@ class Run:
       # Early stopping on the validation split, read on the test split.
       summary["test_error_at_best_val"] = np.take_along_axis(
           errors, val.argmin(1)[:, None], 1)[:, 0]
+    for name, values in self.initial.items():
+      summary[f"epoch0_{name}"] = values
     for epoch in EARLY_EPOCHS:
       if epoch <= errors.shape[1]:
         for name, values in self.curves.items():
           summary[f"epoch{epoch}_{name}"] = values[:, epoch - 1]
+    summary.update(self.extra)
     summary["init_seconds"] = self.init_seconds
     return summary
 
@@ -265,16 +407,20 @@ def curve_metrics(runs: Sequence[Run]) -> list[str]:
 def train_and_evaluate(arch: str, model_init: str | Init,
                        data: data_lib.Dataset, seeds: Sequence[int],
                        epochs: int,
-                       on_epoch: Callable[[int], None] = lambda e: None) -> Run:
-  """Trains one MLP per seed from one initializer; returns the curves.
+                       on_epoch: Callable[[int], None] = lambda e: None,
+                       at_init: bool = False) -> Run:
+  """Trains one model per seed from one initializer; returns the curves.
 
   Seed `s` uses `init_key, order_key = jax.random.split(jax.random.key(s))`;
   epoch `e` shuffles with `jax.random.fold_in(order_key, e)`, the same for
   every initializer. After each epoch: the mean training loss, the test error
-  and, if `data` has a validation split, the validation error.
+  and, if `data` has a validation split, the validation error. With
+  `at_init`, also before any step (`Run.initial`): the loss over the whole
+  training set and the held-out errors. A CNN is evaluated `EVAL_CHUNK`
+  images at a time (`loss_and_error`).
   """
   spec = as_init(model_init)
-  model = MLP(ARCHS[arch], data.num_classes)
+  model = model_for(arch, data.num_classes)
   params, init_seconds, order_keys = [], [], []
   for seed in seeds:
     init_key, order_key = jax.random.split(jax.random.key(seed))
@@ -292,23 +438,38 @@ def train_and_evaluate(arch: str, model_init: str | Init,
   held_out = {name: tuple(map(jnp.asarray, xy))
               for name, xy in held_out.items()}
   curves = {name: [] for name in ("train_loss", *held_out)}
+
+  def held_out_error(x_eval, y_eval):
+    if arch in CNN_ARCHS:
+      return loss_and_error(params, x_eval, y_eval, model=model,
+                            chunk=EVAL_CHUNK)[1]
+    return error_rate(params, x_eval, y_eval, model=model)
+
+  initial = {}
+  if at_init:
+    initial["train_loss"] = np.asarray(loss_and_error(
+        params, x, y, model=model, chunk=EVAL_CHUNK)[0])
+    for name, (x_eval, y_eval) in held_out.items():
+      initial[name] = np.asarray(held_out_error(x_eval, y_eval))
   for epoch in range(epochs):
     keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(order_keys, epoch)
     params, opt_state, loss = train_epoch(params, opt_state, keys, x, y,
                                           model=model, optimizer=OPTIMIZER)
     curves["train_loss"].append(np.asarray(loss))
     for name, (x_eval, y_eval) in held_out.items():
-      curves[name].append(np.asarray(
-          error_rate(params, x_eval, y_eval, model=model)))
+      curves[name].append(np.asarray(held_out_error(x_eval, y_eval)))
     on_epoch(epoch + 1)
   return Run(arch, spec.name, tuple(seeds), np.asarray(init_seconds),
-             {name: np.stack(v, axis=1) for name, v in curves.items()})
+             {name: np.stack(v, axis=1) for name, v in curves.items()},
+             initial)
 
 
 def run_comparison(archs: Sequence[str], inits: Sequence[str | Init],
                    data: data_lib.Dataset, seeds: Sequence[int],
-                   epochs: int, progress: bool = True) -> list[Run]:
-  """Trains every (arch, init) pair; a tqdm bar over runs."""
+                   epochs: int, progress: bool = True,
+                   at_init: bool = False) -> list[Run]:
+  """Trains every (arch, init) pair; a tqdm bar over runs (`at_init`: see
+  `train_and_evaluate`)."""
   runs = []
   pairs = [(a, as_init(i)) for a in archs for i in inits]
   with tqdm.tqdm(pairs, desc="runs", unit="run", disable=not progress) as bar:
@@ -317,5 +478,5 @@ def run_comparison(archs: Sequence[str], inits: Sequence[str | Init],
       runs.append(train_and_evaluate(
           arch, spec, data, seeds, epochs,
           on_epoch=lambda e: bar.set_postfix_str(
-              f"{arch} {spec.name} epoch {e}/{epochs}")))
+              f"{arch} {spec.name} epoch {e}/{epochs}"), at_init=at_init))
   return runs

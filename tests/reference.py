@@ -121,7 +121,7 @@ def conv_patches(images, window, strides, padding, dilation):
   index.
   """
   images = np.asarray(images, np.float64)
-  m, spatial, channels = images.shape[0], images.shape[1:-1], images.shape[-1]
+  m, spatial = images.shape[0], images.shape[1:-1]
   span = [(k - 1) * d + 1 for k, d in zip(window, dilation)]
   if padding == "VALID":
     pads = [(0, 0)] * len(spatial)

@@ -13,13 +13,14 @@ import tensorflow_datasets as tfds
 from benchmarks import ablation
 from benchmarks import data as data_lib
 from benchmarks import init_speed
+from benchmarks import mnist_cnn
 from benchmarks import mnist_mlp
 from benchmarks import speed
 from benchmarks import training
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = {"mnist_mlp": mnist_mlp, "ablation": ablation,
-           "init_speed": init_speed}
+           "init_speed": init_speed, "mnist_cnn": mnist_cnn}
 # Stand-ins for paths a test creates under tmp_path.
 EMPTY, FILE, UNDER_FILE = "<empty dir>", "<file>", "<file>/out"
 
@@ -64,6 +65,10 @@ BAD = [
     *(("ablation", argv, flag) for argv, flag in MNIST_LIKE),
     ("ablation", ["--family", "bogus"], "--family"),
     ("ablation", ["--family", "alpha", "alpha"], "--family"),
+    *(("mnist_cnn", argv, flag) for argv, flag in MNIST_LIKE),
+    ("mnist_cnn", ["--arch", "mlp2"], "--arch"),
+    ("mnist_cnn", ["--init", "xavier"], "--init"),
+    ("mnist_cnn", ["--init", "he", "he"], "--init"),
     ("init_speed", ["--rows", "0"], "--rows"),
     ("init_speed", ["--rows", "1"], "--rows"),
     ("init_speed", ["--rows", "abc"], "--rows"),
@@ -180,6 +185,7 @@ def test_valid_arguments_pass_and_leave_no_probe_file(tmp_path):
 @pytest.mark.parametrize("script,argv", [
     ("mnist_mlp.py", ["--data", "tfds", "<empty dir>"]),
     ("ablation.py", ["--data", "idx"]),
+    ("mnist_cnn.py", ["--seeds", "0"]),
     ("init_speed.py", ["--rows", "50", "--shapes", "64x8", "--fan-outs",
                        "--memory-rows", "--repeats", "1", "--out",
                        "<file>/out"]),

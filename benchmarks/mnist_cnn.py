@@ -1,0 +1,130 @@
+"""The MNIST comparison on a LeNet-style CNN: He, LSUV and the campaign.
+
+A CNN (Conv 3x3x32, ReLU, max-pool 2, Conv 3x3x64, ReLU, max-pool 2, Dense
+128, ReLU, Dense 10; `training.CNN`) trains per seed with plain SGD (learning
+rate 0.1, batch 100, cross-entropy, biases zero), all seeds at once, from He,
+LSUV, He+campaign (every Conv and Dense kernel elected layer by layer), its
+random-pick control He+random (the same candidates picked uniformly at random)
+and He+campaign+LSUV (the campaign's elected kernels rescaled layer by layer to
+unit output variance on the training images, as LSUV does: the election's
+directions with LSUV's scale). Runs with the same seed share the data order
+(a paired design); each initializer is compared seed by seed with He and with
+the control. The initialized parameters are evaluated before any step
+(epoch 0). Training, metrics, tables and plots are the MLP comparison's
+(`benchmarks/training.py`, `benchmarks/reports.py`).
+
+  python benchmarks/mnist_cnn.py          # the full run: 10 seeds, 30 epochs
+  python benchmarks/mnist_cnn.py --quick  # a first look (the CI smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python benchmarks/mnist_cnn.py`
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks import cli  # noqa: E402
+from benchmarks import reports  # noqa: E402
+from benchmarks import stats  # noqa: E402
+from benchmarks import training  # noqa: E402
+from benchmarks.training import Run  # noqa: E402
+
+STEM = "mnist_cnn"
+INITS = ("he", "lsuv", "he+campaign", "he+random", "he+campaign+lsuv")
+BASELINE, CONTROL = "he", "he+random"
+FACTOR = 2.0  # epochs to reach FACTOR x the best final test error
+SUMMARY_METRICS = ("min_test_error", "best_epoch", "final_test_error",
+                   "epochs_to_2x_best", "init_seconds")
+EARLY_METRICS = tuple(f"epoch{e}_{name}"
+                      for name in ("train_loss", "test_error")
+                      for e in (0, *training.EARLY_EPOCHS))
+COMPARED_METRICS = ("min_test_error", "final_test_error", "epochs_to_2x_best",
+                    *EARLY_METRICS)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+  parser = cli.base_parser(
+      __doc__, archs=tuple(training.CNN_ARCHS), epochs=30, seeds=10,
+      arch_choices=tuple(training.CNN_ARCHS), out=cli.RESULTS / "cnn",
+      epochs_help="default 30")
+  parser.add_argument("--init", nargs="+", choices=INITS, default=list(INITS))
+  return cli.parse_checked(parser, argv, unique=("--arch", "--init"),
+                           files=reports.run_files(STEM))
+
+
+def comparison_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+  """Each initializer against He, then each but He against the control."""
+  return ([(n, BASELINE) for n in names if n != BASELINE and BASELINE in names]
+          + [(n, CONTROL) for n in names
+             if n not in (BASELINE, CONTROL) and CONTROL in names])
+
+
+def write_results(runs: Sequence[Run], settings: dict[str, Any],
+                  thresholds: dict[str, float], out: pathlib.Path) -> str:
+  """Writes mnist_cnn.md, .json, _epochs.csv and .png; returns the markdown."""
+  pairs = comparison_pairs(list(dict.fromkeys(r.init for r in runs)))
+  rows = [row for metric in training.present(runs, COMPARED_METRICS)
+          for row in stats.paired_comparisons(runs, metric, pairs)]
+  by_metric = lambda metrics: [r for r in rows if r["metric"] in metrics]
+  censored = {r.init: int((r.extra["epochs_to_2x_best"] > r.epochs).sum())
+              for r in runs}
+  threshold_lines = [
+      f"- {arch}: best final test error {t / FACTOR:.2f}% (the lowest mean "
+      f"over seeds among the initializers), threshold {t:.2f}%"
+      for arch, t in thresholds.items()]
+  text = "\n".join([
+      "# MNIST CNN comparison (benchmarks/mnist_cnn.py)", "",
+      "LeNet-style CNN: Conv 3x3x32, ReLU, max-pool 2, Conv 3x3x64, ReLU, "
+      "max-pool 2, Dense 128, ReLU, Dense 10 (SAME padding, biases 0; the "
+      "784 pixels as a 28x28x1 image).", "",
+      *reports.settings_lines(settings), "",
+      "Mean ± 95% CI (t) over seeds.", "",
+      reports.summary_table(runs, SUMMARY_METRICS), "",
+      f"Epochs to {FACTOR:g}x the best final test error: per seed, the first "
+      "epoch (0 = the initialized parameters, before any step) whose test "
+      f"error is at most {FACTOR:g} times the arch's best final test error, "
+      "the lowest over the initializers of the mean over seeds of the final "
+      "test error; a seed that never gets there counts as epochs + 1 "
+      "(seeds censored: " + ", ".join(
+          f"{name} {n}" for name, n in censored.items()) + ").",
+      *threshold_lines, "",
+      "At init and early training. At init (epoch 0): the initialized "
+      "parameters before any step; its train loss is the mean cross-entropy "
+      "over the whole training set, while after epoch e it is the mean over "
+      "that epoch's minibatches.", "",
+      reports.summary_table(runs, EARLY_METRICS), "",
+      f"Paired by seed (same data order): first minus second; negative = the "
+      f"first is lower. Each initializer against {BASELINE}, then against "
+      f"the campaign's control {CONTROL} (the same candidates, same key, "
+      "picked uniformly at random). Each cell: mean difference ± 95% CI "
+      "(bold: paired t-test p < 0.05), p, seeds on which the first is "
+      "lower.", "",
+      reports.comparison_table(by_metric(
+          ("min_test_error", "final_test_error", "epochs_to_2x_best"))), "",
+      reports.comparison_table(by_metric(EARLY_METRICS)), ""])
+  reports.write_run_results(out, STEM, text, {
+      "settings": settings,
+      "epochs_to_2x_best": {
+          "factor": FACTOR, "thresholds": thresholds,
+          "definition": "first epoch (0 = at init) with test error <= factor "
+          "x the lowest per-init mean final test error; never: epochs + 1"},
+      "runs": reports.run_records(runs), "comparisons": rows}, runs)
+  return text
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+  args = parse_args(argv)
+  runs, settings = cli.run("mnist_cnn.py", argv, args, at_init=True)
+  thresholds = stats.epochs_to_reach(runs, FACTOR)
+  text = write_results(runs, settings, thresholds, args.out)
+  print(text)
+  return text
+
+
+if __name__ == "__main__":
+  main()
