@@ -56,6 +56,20 @@ def test_under_jit_matches_eager(mnist_small):
   np.testing.assert_array_equal(jitted, init(key, (784, 20)))
 
 
+
+def test_a_concrete_batch_built_into_a_jitted_function(mnist_small):
+  # The factory called inside `jax.jit` on a batch the function closes over:
+  # the batch is concrete, so it is checked eagerly there too (the check once
+  # failed with a ConcretizationTypeError), and the kernel is the eager one.
+  x, y = (jnp.asarray(a) for a in mnist_small)
+  key = jax.random.key(5)
+  build = lambda batch: jax.jit(
+      lambda key: nc_jax.campaign_init(batch, y)(key, (784, 20)))
+  np.testing.assert_array_equal(build(x)(key),
+                                nc_jax.campaign_init(x, y)(key, (784, 20)))
+  with pytest.raises(ValueError, match="`batch` has 1 NaN or infinite"):
+    build(x.at[3, 5].set(jnp.inf))(key)
+
 def test_compiles_once_per_shape_and_options(mnist_small):
   x, y = mnist_small
   shape = (784, 17)  # a shape no other test uses

@@ -1,9 +1,11 @@
 """`chunk_size`: the campaign's statistics streamed over row chunks."""
 
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
 
 import nc_jax
 import reference
@@ -63,3 +65,46 @@ def test_bad_chunk_size(digits, chunk_size):
   x, y = digits
   with pytest.raises(ValueError, match="`chunk_size` must be a positive int"):
     nc_jax.campaign_init(x, y, chunk_size=chunk_size)
+
+
+def _moments(x, labels, chunk_size, scaled=None):
+  """`response_moments` of the identity; `scaled` forces one way of summing."""
+  identity = lambda rows: rows
+  shift = x[0]
+  if scaled is None:
+    return scores_lib.response_moments(x, labels, identity, 3, chunk_size)
+  sums = scores_lib._response_sums(x, labels, identity, 3, chunk_size, shift,
+                                   scaled)
+  return scores_lib.moments_from_sums(sums, shift)
+
+
+@settings(max_examples=25, deadline=None)
+@given(exponents=st.lists(st.integers(-75, 75), min_size=5, max_size=5),
+       chunk_size=st.sampled_from([None, 7, 64]),
+       mixed=st.booleans())
+def test_unscaled_sums_are_used_only_where_they_equal_the_scaled(
+    exponents, chunk_size, mixed):
+  # The deviations are summed unscaled (no pass for their peaks) and summed
+  # again scaled only where the sums show it is needed: the moments are
+  # always exactly those of the scaled sums. Column 5 is dead (all zero);
+  # with `mixed`, column 0 mixes rows at 2**-50 with rows at its scale, so
+  # chunks of the scaled sums take different exponents.
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(200, 6)) * 2.0 ** np.array(exponents + [0])
+  x[:, 5] = 0.0
+  if mixed:
+    x[:100, 0] *= 2.0 ** -50
+  x = jnp.asarray(x, jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 3, 200), jnp.int32)
+  fast = jax.jit(_moments, static_argnums=(2, 3))(x, labels, chunk_size)
+  scaled = jax.jit(_moments, static_argnums=(2, 3))(x, labels, chunk_size, True)
+  jax.tree.map(np.testing.assert_array_equal, fast, scaled)
+  exact = scores_lib.unscaled_sums_exact(jax.jit(
+      scores_lib._response_sums, static_argnums=(2, 3, 4, 6))(
+          x, labels, lambda rows: rows, 3, chunk_size, x[0], False))
+  in_range = all(-40 < e < 38 for e in exponents) and not (
+      mixed and exponents[0] < -30)
+  if in_range:  # every peak in [2**-40, 2**40): no second pass
+    assert bool(exact)
+  if any(abs(e) > 70 for e in exponents):  # squares out of float32's range
+    assert not bool(exact)

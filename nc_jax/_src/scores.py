@@ -122,18 +122,23 @@ def add_sums(a: ClassSums, b: ClassSums) -> ClassSums:
 
 
 def class_sums(z: jax.Array, labels: jax.Array | None, num_classes: int,
-               shift: jax.Array) -> ClassSums:
+               shift: jax.Array, scaled: bool = True) -> ClassSums:
   """Per-class count, sum and sum of squares of each column of `z - shift`.
 
   One pass of one-hot products, so nothing loops over samples or classes.
   With `labels=None` there is one class holding every sample. Responses of
   shape `(rows, *positions, N)` (a convolution's) count every position of a
-  row as one sample with the row's label.
+  row as one sample with the row's label. With `scaled=False` the deviations
+  are summed as they are (exponent 0): no pass for their peaks, and the same
+  sums wherever every peak lies in the unscaled range (`unscaled_sums_exact`).
   """
   n = z.shape[-1]
   d = (z - shift.reshape((1,) * (z.ndim - 1) + (n,))).reshape(z.shape[0], -1, n)
-  exponent = _scale_exponent(d.reshape(-1, n))
-  d = d * _pow2(-_settled(exponent), d.dtype)[None, None, :]
+  if scaled:
+    exponent = _scale_exponent(d.reshape(-1, n))
+    d = d * _pow2(-_settled(exponent), d.dtype)[None, None, :]
+  else:
+    exponent = jnp.zeros(n, jnp.int32)
   if labels is None:
     onehot = jnp.ones((z.shape[0], 1), z.dtype)
   else:
@@ -145,6 +150,25 @@ def class_sums(z: jax.Array, labels: jax.Array | None, num_classes: int,
   return ClassSums(onehot.sum(axis=0) * d.shape[1],
                    placement.exact_matmul(onehot.T, first),
                    placement.exact_matmul(onehot.T, second), exponent)
+
+
+def unscaled_sums_exact(sums: ClassSums) -> jax.Array:
+  """Whether sums taken with `scaled=False` equal the scaled ones.
+
+  They do when every candidate's peak |d| over the batch is 0 or lies in
+  `[2**-_SCALE_BITS, 2**_SCALE_BITS)`, where the scaled sums use exponent 0
+  too. The sums bound the peak: `S2 / m <= peak**2 <= S2` for the sum of
+  squares S2 over m samples. A column with S2 = 0 and every class sum 0 is
+  taken as all zero (its deviations, if any, are below 2**-63 and cancel in
+  every class). Anything else, overflowed or non-finite sums included, is
+  not exact: the caller then sums again, scaled.
+  """
+  second = sums.second.sum(axis=0)
+  bound = 2.0 ** (2 * _SCALE_BITS)
+  in_range = (second < bound) & (second >= sums.count.sum() / bound)
+  zero = (second == 0) & jnp.all(sums.first == 0, axis=0)
+  finite = jnp.isfinite(second) & jnp.all(jnp.isfinite(sums.first), axis=0)
+  return jnp.all(finite & (in_range | zero))
 
 
 def moments_from_sums(sums: ClassSums, shift: jax.Array) -> ClassMoments:
@@ -164,7 +188,7 @@ def moments_from_sums(sums: ClassSums, shift: jax.Array) -> ClassMoments:
 def _response_sums(
     x: jax.Array, labels: jax.Array | None,
     respond: Callable[[jax.Array], jax.Array], num_classes: int,
-    chunk_size: int | None, shift: jax.Array,
+    chunk_size: int | None, shift: jax.Array, scaled: bool,
 ) -> ClassSums:
   """`class_sums` of `respond(x)`, a `lax.scan` over row chunks if asked.
 
@@ -175,7 +199,7 @@ def _response_sums(
   """
   m = x.shape[0]
   if chunk_size is None or chunk_size >= m:
-    return class_sums(respond(x), labels, num_classes, shift)
+    return class_sums(respond(x), labels, num_classes, shift, scaled)
   classes = 1 if labels is None else num_classes
   labels = jnp.zeros(m, jnp.int32) if labels is None else labels
 
@@ -185,7 +209,7 @@ def _response_sums(
     fresh = begin + jnp.arange(chunk_size) >= start
     chunk_labels = jnp.where(
         fresh, jax.lax.dynamic_slice_in_dim(labels, begin, chunk_size), classes)
-    sums = class_sums(respond(rows), chunk_labels, classes, shift)
+    sums = class_sums(respond(rows), chunk_labels, classes, shift, scaled)
     return add_sums(acc, sums), None
 
   n = shift.shape[0]
@@ -212,31 +236,40 @@ def response_moments(
   rows and one `psum` of the packed sums combines them: the batch is never
   gathered. All rows share the responses to `first_row` (default `x[:1]`;
   pass it replicated over the mesh so that no other collective is needed)
-  as their shift.
+  as their shift. The deviations are summed as they are; only when those
+  sums show a candidate's responses too large or too small for float32
+  squares (`unscaled_sums_exact`) does a second pass sum them scaled by
+  powers of two.
   """
   # The response at the first row's first position.
   shift = respond(x[:1] if first_row is None else first_row)
   shift = shift.reshape(-1, shift.shape[-1])[0]
-  total = functools.partial(_response_sums, respond=respond,
-                            num_classes=num_classes, chunk_size=chunk_size,
-                            shift=shift)
-  if row_sharding is None:
-    return moments_from_sums(total(x, labels), shift)
-  mesh, axes = row_sharding
 
-  def local(x, labels):
-    sums = total(x, labels)
-    # Every device's sums in the largest exponent, then one packed all-reduce.
-    sums = rescale_sums(sums, jax.lax.pmax(sums.exponent, axes))
-    flat, unravel = jax.flatten_util.ravel_pytree(sums[:3])
-    return ClassSums(*unravel(jax.lax.psum(flat, axes)), sums.exponent)
+  def total(scaled: bool) -> ClassSums:
+    sums = functools.partial(_response_sums, respond=respond,
+                             num_classes=num_classes, chunk_size=chunk_size,
+                             shift=shift, scaled=scaled)
+    if row_sharding is None:
+      return sums(x, labels)
+    mesh, axes = row_sharding
 
-  spec = jax.sharding.PartitionSpec(axes)
-  # check_vma=False: the chunk scan starts from zeros that are not marked as
-  # varying per device; the psum makes the result replicated.
-  sums = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec),
-                       out_specs=jax.sharding.PartitionSpec(),
-                       check_vma=False)(x, labels)
+    def local(x, labels):
+      mine = sums(x, labels)
+      if scaled:  # every device's sums in the largest exponent
+        mine = rescale_sums(mine, jax.lax.pmax(mine.exponent, axes))
+      flat, unravel = jax.flatten_util.ravel_pytree(mine[:3])
+      return ClassSums(*unravel(jax.lax.psum(flat, axes)), mine.exponent)
+
+    spec = jax.sharding.PartitionSpec(axes)
+    # check_vma=False: the chunk scan starts from zeros that are not marked
+    # as varying per device; the psum makes the result replicated.
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec),
+                         out_specs=jax.sharding.PartitionSpec(),
+                         check_vma=False)(x, labels)
+
+  fast = total(scaled=False)
+  sums = jax.lax.cond(unscaled_sums_exact(fast), lambda: fast,
+                      lambda: total(scaled=True))
   return moments_from_sums(sums, shift)
 
 
