@@ -88,6 +88,12 @@ BAD = [
     ("init_speed", ["--groups", "0"], "--groups"),
     ("init_speed", ["--memory-rows", "1"], "--memory-rows"),
     ("init_speed", ["--repeats", "0"], "--repeats"),
+    ("init_speed", ["--convs", "conv3"], "--convs"),
+    ("init_speed", ["--convs", "conv1", "conv1"], "--convs"),
+    ("init_speed", ["--conv-rows", "1"], "--conv-rows"),
+    ("init_speed", ["--chunk-sizes", "0"], "--chunk-sizes"),
+    ("init_speed", ["--chunk-sizes", "64", "64"], "--chunk-sizes"),
+    ("init_speed", ["--chunk-rows", "1"], "--chunk-rows"),
     ("init_speed", ["--repeats", "-1"], "--repeats"),
     ("init_speed", ["--out", FILE], "--out"),
     ("init_speed", ["--out", UNDER_FILE], "--out"),
@@ -103,7 +109,7 @@ def no_work(monkeypatch):
 
   for module, name in ((data_lib, "load"), (training, "run_comparison"),
                        (speed, "run_benchmark"), (speed, "run_elections"),
-                       (speed, "memory_scaling")):
+                       (speed, "memory_scaling"), (speed, "run_chunk_sizes")):
     monkeypatch.setattr(module, name, fail)
 
 

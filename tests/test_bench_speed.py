@@ -31,7 +31,8 @@ def test_mnist_rows_are_tiled():
 def test_writes_tables_json_and_plot(tmp_path):
   rows = speed.run_benchmark([(64, 8)], [50, 120], repeats=2, memory=False)
   election = [speed.bench_election(32, 8, 2, floor_rows=100, repeats=1)]
-  text = speed.write_results(rows, reports.machine_info(), tmp_path, election)
+  text = speed.write_results(rows, reports.machine_info(), tmp_path, election,
+                             repeats=2)
   assert (tmp_path / "init_speed.md").read_text() == text
   assert "| " + " | ".join(speed.COLUMNS) + " |" in text
   assert "| " + " | ".join(speed.ELECTION_COLUMNS) + " |" in text
@@ -45,11 +46,44 @@ def test_writes_tables_json_and_plot(tmp_path):
                                                                "auto")
   assert "| 64x8 | 50 | 40 | auto | " in text
   assert row["peak MB"] is None
-  for key in ("ratio", "speed-up", "compile s"):
+  for key in ("ratio", "median ratio", "floor spread", "speed-up",
+              "compile s"):
     assert math.isfinite(row[key]) and row[key] > 0
+  assert row["floor spread"] >= 1.0
+  assert (row["target"], row["verdict"]) == (None, "–")
+  assert "2 rounds interleave" in result["method"]
   [elected] = result["election"]
   assert (elected["fan_out"], elected["N"], elected["groups"]) == (8, 40, 2)
   assert elected["election / floor"] > 0
+
+
+@pytest.mark.parametrize("ratio, spread, target, want", [
+    (1.1, 1.05, 1.25, "met"),
+    (1.3, 1.05, 1.25, "missed"),
+    (1.1, 1.31, 1.25, "noisy"),  # never judged on a busy machine
+    (1.1, 1.05, None, "–"),
+])
+def test_verdict(ratio, spread, target, want):
+  assert speed.verdict(ratio, spread, target) == want
+
+
+def test_the_cnn_convs_against_their_floor():
+  # The CNN's convs on MNIST images: the second's input is the first
+  # block's output (32 channels, 14x14); floors and campaign timed alike.
+  x, _ = speed.CONV_CASES["conv2"].batch(3)
+  assert x.shape == (3, 14, 14, 32) and float(x.min()) >= 0.0
+  row = speed.bench_config(speed.CONV_CASES["conv2"], 3, repeats=1,
+                           memory=False)
+  assert (row["shape"], row["N"], row["NumPy port ms"]) == ("conv2", 320, None)
+  assert row["ratio"] > 0 and row["plain ms"] > 0 and row["chunked ms"] > 0
+  [memory, whole] = speed.memory_scaling(speed.CONV_CASES["conv1"], [4])
+  assert (memory["shape"], memory["chunk"], whole["chunk"]) == ("conv1", "auto", 4)
+  assert memory["peak MB"] >= 0
+
+
+def test_chunk_sizes_table():
+  rows = speed.run_chunk_sizes((64, 8), 60, [16, 60], repeats=1)
+  assert [(r["chunk"], r["peak MB"]) for r in rows] == [(16, None), (60, None)]
 
 
 def test_max_flops_skips_large_configurations():
@@ -74,10 +108,15 @@ def test_numpy_port_elects_what_nc_jax_elects(mnist):
 
 def test_main_smoke(tmp_path):
   text = init_speed.main(["--rows", "50", "--shapes", "64x8", "--fan-outs",
-                          "--memory-rows", "--repeats", "1",
-                          "--out", str(tmp_path)])
+                          "--memory-rows", "--repeats", "1", "--convs",
+                          "conv1", "--conv-rows", "3", "--chunk-sizes", "16",
+                          "--chunk-rows", "50", "--out", str(tmp_path)])
   assert (tmp_path / "init_speed.md").read_text() == text
   assert "command: python benchmarks/init_speed.py --rows 50" in text
+  assert "| conv1 | 3 | 160 | auto | " in text
+  # The chunk table: 784 -> 100 at --chunk-rows, each chunk size, then all.
+  assert "| 784x100 | 50 | 500 | 16 | " in text
+  assert "| 784x100 | 50 | 500 | 50 | " in text
   assert "| 64x8 | 50 | 40 | auto | " in text
   result = json.loads((tmp_path / "init_speed.json").read_text())
   assert result["election"] == [] and result["memory"] == []

@@ -1,5 +1,7 @@
 """`chunk_size`: the campaign's statistics streamed over row chunks."""
 
+from unittest import mock
+
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
@@ -10,6 +12,7 @@ from hypothesis import given, settings
 import nc_jax
 import reference
 from helpers import he_candidates, stratified
+from nc_jax._src import placement
 from nc_jax._src import scores as scores_lib
 
 
@@ -108,3 +111,41 @@ def test_unscaled_sums_are_used_only_where_they_equal_the_scaled(
     assert bool(exact)
   if any(abs(e) > 70 for e in exponents):  # squares out of float32's range
     assert not bool(exact)
+
+
+def test_default_chunks_bound_the_responses_they_hold():
+  # `chunk_size=None`: on CPU at most 2**20 responses and 2,048 rows; a
+  # convolution's image holds positions x N of them. On accelerators, the
+  # whole batch up to 2**27. Chunks are then evened out, so that the last
+  # one, moved back to end at row m, repeats few rows.
+  auto = placement.auto_chunk_size
+  assert auto(None, 60_000, 500, "cpu") == 2000  # 30 x 2,000, not 30 x 2,048
+  assert auto(None, 60_001, 500, "cpu") == 2001  # 30 chunks, 29 rows twice
+  assert auto(None, 4_000, 1280, "cpu") == 800  # 2**20 // 1,280 = 819
+  assert auto(None, 5_000, 160, "cpu", positions=28 * 28) == 8
+  assert auto(None, 10, 10**7, "cpu") == 1
+  assert auto(None, 1_000, 500, "cpu") is None  # one chunk: the whole batch
+  assert auto(None, 5_000, 160, "gpu", positions=28 * 28) == 1000  # <= 1,070
+  assert auto(None, 500, 160, "tpu", positions=28 * 28) is None
+  assert auto(64, 60_000, 500, "cpu") == 64
+
+
+def test_a_conv_campaign_streams_the_images_in_bounded_chunks(mnist):
+  # 1,000 MNIST images, a 3x3 conv with 32 filters (N = 160): the default
+  # chunk holds 8 images (8 x 784 x 160 responses), and the kernel is the
+  # one the whole batch at once gives.
+  x, y = stratified(*mnist, 1000)
+  images = jnp.asarray(x.reshape(-1, 28, 28, 1), jnp.float32)
+  seen = []
+  auto = placement.auto_chunk_size
+
+  def spy(*args):
+    seen.append(auto(*args))
+    return seen[-1]
+
+  key = jax.random.key(0)
+  with mock.patch.object(placement, "auto_chunk_size", spy):
+    streamed = nc_jax.campaign_init(images, y)(key, (3, 3, 1, 32))
+  assert seen == [8]
+  whole = nc_jax.campaign_init(images, y, chunk_size=1000)(key, (3, 3, 1, 32))
+  np.testing.assert_array_equal(streamed, whole)

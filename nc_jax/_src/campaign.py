@@ -113,15 +113,16 @@ def _options(x: jax.Array, num_candidates: int,
              row_sharding: placement.RowSharding | None, *,
              activation: Activation, class_balanced: bool,
              num_classes: int | None, chunk_size: int | None,
-             convolution: conv.ConvSpec | None = None
+             convolution: conv.ConvSpec | None = None, positions: int = 1
              ) -> scores_lib.ScoringOptions:
-  """The static scoring options for N candidates on the placed batch `x`."""
+  """The static scoring options for N candidates on the placed batch `x`,
+  whose rows give `positions` samples each (a convolution's)."""
   return scores_lib.ScoringOptions(
       activation=activation, class_balanced=bool(class_balanced),
       num_classes=num_classes,
       chunk_size=placement.auto_chunk_size(chunk_size, x.shape[0],
                                            num_candidates,
-                                           placement.platform(x)),
+                                           placement.platform(x), positions),
       row_sharding=row_sharding, conv=convolution)
 
 
@@ -172,9 +173,10 @@ def campaign_select(
     bias: the scalar bias every neuron of the layer starts with.
     chunk_size: score the batch this many rows at a time (a `lax.scan` over
       chunks that adds up the class statistics), so memory is
-      O(chunk_size * N) rather than O(m * N). None chooses by device: 2,048
-      rows on CPU (cache-sized chunks are fastest there), the whole batch on
-      GPU/TPU unless its responses exceed 2**27 values.
+      O(chunk_size * N) rather than O(m * N). None chooses by device: on
+      CPU, chunks of about 2**20 responses, at most 2,048 rows (cache-sized
+      chunks are fastest there); the whole batch on GPU/TPU unless its
+      responses exceed 2**27 values.
 
   Returns:
     int32 indices of the elected candidates, shape `(k,)`, in Step 5's order.
@@ -289,7 +291,7 @@ def campaign_init(
       O(chunk_size * N) instead of O(m * N); None chooses by device (see
       `campaign_select`). A batch sharded along its rows over a
       `jax.sharding.Mesh` is scored where it lies: each device sums its own
-      rows and two small all-reduces combine the statistics.
+      rows and one small all-reduce combines the statistics.
     strides: for a convolution's kernel, the layer's strides (an int or one
       per spatial axis), as `flax.linen.Conv` takes them.
     padding: for a convolution's kernel, "SAME", "VALID", an int, or one int
@@ -350,7 +352,7 @@ def campaign_init(
            dtype: DTypeLike = jnp.float32) -> jax.Array:
     shape, n, dtype = _init_call(shape, num_candidates, dtype)
     if len(shape) == 2:  # a dense kernel: the batch flattened to fan_in
-      rows, first, spec = _flat(x), _flat(first_row), None
+      rows, first, spec, positions = _flat(x), _flat(first_row), None, 1
       if rows.shape[1] != shape[0]:
         raise ValueError(
             f"`batch` has {rows.shape[1]} features but the kernel expects "
@@ -360,9 +362,11 @@ def campaign_init(
       spec = conv.conv_spec(x.shape, shape, strides=strides, padding=padding,
                             kernel_dilation=kernel_dilation,
                             feature_group_count=feature_group_count)
+      positions = spec.positions(x.shape, shape)
     options = _options(rows, n, row_sharding, activation=activation,
                        class_balanced=class_balanced, num_classes=num_classes,
-                       chunk_size=chunk_size, convolution=spec)
+                       chunk_size=chunk_size, convolution=spec,
+                       positions=positions)
     w, scores, groups, dropped = placement.on_auto_axes(_campaign_kernel, x)(
         key, rows, first, int_labels, alpha, bias, base_init=base_init,
         shape=shape, dtype=dtype, num_candidates=n, options=options)

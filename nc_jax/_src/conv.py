@@ -12,6 +12,7 @@ channels, computed as `flax.linen.Conv` computes them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Union
@@ -47,6 +48,17 @@ class ConvSpec:
         rows, kernel.astype(rows.dtype), window_strides=self.strides,
         padding=self.padding, rhs_dilation=self.dilation,
         dimension_numbers=dimensions)
+
+  def positions(self, batch_shape: tuple[int, ...],
+                kernel_shape: tuple[int, ...]) -> int:
+    """Output positions per example: the samples each example gives."""
+    return math.prod(self._output_shape(batch_shape, kernel_shape)[1:-1])
+
+  def _output_shape(self, batch_shape: tuple[int, ...],
+                    kernel_shape: tuple[int, ...]) -> tuple[int, ...]:
+    return jax.eval_shape(
+        self.apply, jax.ShapeDtypeStruct((1, *batch_shape[1:]), jnp.float32),
+        jax.ShapeDtypeStruct(kernel_shape, jnp.float32)).shape
 
 
 def _per_axis(value: int | Sequence[int], rank: int, name: str
@@ -122,10 +134,7 @@ def conv_spec(batch_shape: tuple[int, ...], kernel_shape: tuple[int, ...], *,
         "this layer.")
   spec = ConvSpec(_per_axis(strides, rank, "strides"), _padding(padding, rank),
                   _per_axis(kernel_dilation, rank, "kernel_dilation"))
-  out = jax.eval_shape(spec.apply,
-                       jax.ShapeDtypeStruct((1, *batch_shape[1:]), jnp.float32),
-                       jax.ShapeDtypeStruct(kernel_shape, jnp.float32)).shape
-  if min(out[1:-1]) < 1:
+  if min(spec._output_shape(batch_shape, kernel_shape)[1:-1]) < 1:
     raise ValueError(
         f"the dilated {kernel_shape[:-2]} window is larger than the padded "
         f"input {batch_shape[1:-1]} (padding {spec.padding!r}), so the "

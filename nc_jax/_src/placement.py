@@ -20,10 +20,13 @@ T = TypeVar("T")
 # `(mesh, axes)`: a batch split along its rows over these mesh axes.
 RowSharding = tuple[jax.sharding.Mesh, Any]
 
-# Rows scored at a time when `chunk_size=None`. On CPU, responses that stay
-# in cache beat one big product (`benchmarks/init_speed.py` measures this);
-# accelerators take the whole batch up to a bound on the responses' memory.
+# Rows scored at a time when `chunk_size=None`, bounded by the responses they
+# hold (rows x positions x N). On CPU, responses that stay in cache beat one
+# big product: at most 2**20 of them and 2,048 rows (`benchmarks/
+# init_speed.py` measures chunk sizes); accelerators take the whole batch up
+# to a bound on the responses' memory.
 _CPU_CHUNK_ROWS = 2048
+_CPU_CHUNK_ELEMENTS = 2**20
 _ACCELERATOR_CHUNK_ELEMENTS = 2**27
 
 
@@ -53,14 +56,22 @@ exact_matmul = functools.partial(jnp.matmul,
 
 
 def auto_chunk_size(chunk_size: int | None, m: int, num_candidates: int,
-                    on: str) -> int | None:
-  """`chunk_size`, or platform `on`'s default for m rows and N candidates."""
+                    on: str, positions: int = 1) -> int | None:
+  """`chunk_size`, or platform `on`'s default for m rows of `positions`
+  samples each (a convolution's output positions; 1 for a dense layer) and
+  N candidates. None: the whole batch at once."""
   if chunk_size is not None:
     return chunk_size
+  per_row = num_candidates * positions
   if on == "cpu":
-    return _CPU_CHUNK_ROWS
-  rows = max(1, _ACCELERATOR_CHUNK_ELEMENTS // num_candidates)
-  return None if rows >= m else rows
+    rows = min(_CPU_CHUNK_ROWS, max(1, _CPU_CHUNK_ELEMENTS // per_row))
+  else:
+    rows = max(1, _ACCELERATOR_CHUNK_ELEMENTS // per_row)
+  if rows >= m:
+    return None
+  # As many chunks as that takes, of equal size: the last chunk, moved back
+  # to end at row m, then repeats as few rows as possible.
+  return -(-m // -(-m // rows))
 
 
 def auto_axes(a: jax.Array | None) -> jax.Array | None:
