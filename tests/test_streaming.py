@@ -114,14 +114,14 @@ def test_unscaled_sums_are_used_only_where_they_equal_the_scaled(
 
 
 def test_default_chunks_bound_the_responses_they_hold():
-  # `chunk_size=None`: on CPU at most 2**20 responses and 2,048 rows; a
+  # `chunk_size=None`: on CPU at most 2**20 responses and 1,024 rows; a
   # convolution's image holds positions x N of them. On accelerators, the
   # whole batch up to 2**27. Chunks are then evened out, so that the last
   # one, moved back to end at row m, repeats few rows.
   auto = placement.auto_chunk_size
-  assert auto(None, 60_000, 500, "cpu") == 2000  # 30 x 2,000, not 30 x 2,048
-  assert auto(None, 60_001, 500, "cpu") == 2001  # 30 chunks, 29 rows twice
+  assert auto(None, 60_000, 500, "cpu") == 1017  # 59 chunks, not 58 x 1,024
   assert auto(None, 4_000, 1280, "cpu") == 800  # 2**20 // 1,280 = 819
+  assert auto(None, 1_025, 500, "cpu") == 513  # 2 chunks, 1 row twice
   assert auto(None, 5_000, 160, "cpu", positions=28 * 28) == 8
   assert auto(None, 10, 10**7, "cpu") == 1
   assert auto(None, 1_000, 500, "cpu") is None  # one chunk: the whole batch

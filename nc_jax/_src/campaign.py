@@ -174,7 +174,7 @@ def campaign_select(
     chunk_size: score the batch this many rows at a time (a `lax.scan` over
       chunks that adds up the class statistics), so memory is
       O(chunk_size * N) rather than O(m * N). None chooses by device: on
-      CPU, chunks of about 2**20 responses, at most 2,048 rows (cache-sized
+      CPU, chunks of at most 2**20 responses and 1,024 rows (cache-sized
       chunks are fastest there); the whole batch on GPU/TPU unless its
       responses exceed 2**27 values.
 

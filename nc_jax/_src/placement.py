@@ -22,10 +22,10 @@ RowSharding = tuple[jax.sharding.Mesh, Any]
 
 # Rows scored at a time when `chunk_size=None`, bounded by the responses they
 # hold (rows x positions x N). On CPU, responses that stay in cache beat one
-# big product: at most 2**20 of them and 2,048 rows (`benchmarks/
+# big product: at most 2**20 of them and 1,024 rows (`benchmarks/
 # init_speed.py` measures chunk sizes); accelerators take the whole batch up
 # to a bound on the responses' memory.
-_CPU_CHUNK_ROWS = 2048
+_CPU_CHUNK_ROWS = 1024
 _CPU_CHUNK_ELEMENTS = 2**20
 _ACCELERATOR_CHUNK_ELEMENTS = 2**27
 
