@@ -256,13 +256,6 @@ def floor_seconds(x: jax.Array, num_candidates: int, repeats: int,
   return time_calls(lambda _: _floor(x, w, case), repeats)[1]
 
 
-def floor_chunk_rows(m: int, responses_per_row: int) -> int:
-  """Rows per chunk of the chunked floor: as nc_jax chunks by default on
-  CPU, at most 2**20 responses and 1,024 rows, evened out over m."""
-  rows = min(1024, max(1, 2**20 // responses_per_row))
-  return -(-m // -(-m // rows))
-
-
 def chunk_cell(chunk_size: int | None) -> int | str:
   """The chunk column: the rows per chunk, or "auto" for nc_jax's default."""
   return AUTO_CHUNK if chunk_size is None else chunk_size
@@ -360,7 +353,8 @@ def bench_config(case: Case | tuple[int, int], m: int, *,
   case = as_case(case)
   n = candidates_per_neuron * case.shape[-1]
   x, y = case.batch(m, seed)
-  chunk = min(m, chunk_size or floor_chunk_rows(m, n * case.positions))
+  chunk = min(m, chunk_size or nc_jax.default_chunk_size(
+      m, n, positions=case.positions, platform=jax.default_backend()) or m)
   w = _candidates(case, n, seed)
   keys = jax.random.split(jax.random.key(seed), repeats + 1)
   first, warm = interleaved({

@@ -7,6 +7,7 @@ them on real data, and elect the best while keeping them diverse.
 
 from nc_jax._src.campaign import campaign_init as campaign_init
 from nc_jax._src.campaign import campaign_select as campaign_select
+from nc_jax._src.campaign import default_chunk_size as default_chunk_size
 from nc_jax._src.campaign import draw_candidates as draw_candidates
 from nc_jax._src.campaign import random_pick_init as random_pick_init
 from nc_jax._src.lsuv import lsuv_linen as lsuv_linen
@@ -28,6 +29,7 @@ __all__ = [
     "campaign_nnx",
     "campaign_select",
     "class_quotas",
+    "default_chunk_size",
     "draw_candidates",
     "linear_alpha",
     "lsuv_linen",

@@ -1,5 +1,6 @@
 """`chunk_size`: the campaign's statistics streamed over row chunks."""
 
+import functools
 from unittest import mock
 
 import hypothesis.strategies as st
@@ -118,16 +119,32 @@ def test_default_chunks_bound_the_responses_they_hold():
   # convolution's image holds positions x N of them. On accelerators, the
   # whole batch up to 2**27. Chunks are then evened out, so that the last
   # one, moved back to end at row m, repeats few rows.
-  auto = placement.auto_chunk_size
-  assert auto(None, 60_000, 500, "cpu") == 1017  # 59 chunks, not 58 x 1,024
-  assert auto(None, 4_000, 1280, "cpu") == 800  # 2**20 // 1,280 = 819
-  assert auto(None, 1_025, 500, "cpu") == 513  # 2 chunks, 1 row twice
-  assert auto(None, 5_000, 160, "cpu", positions=28 * 28) == 8
-  assert auto(None, 10, 10**7, "cpu") == 1
-  assert auto(None, 1_000, 500, "cpu") is None  # one chunk: the whole batch
-  assert auto(None, 5_000, 160, "gpu", positions=28 * 28) == 1000  # <= 1,070
-  assert auto(None, 500, 160, "tpu", positions=28 * 28) is None
-  assert auto(64, 60_000, 500, "cpu") == 64
+  auto = functools.partial(nc_jax.default_chunk_size, platform="cpu")
+  assert auto(60_000, 500) == 1017  # 59 chunks, not 58 x 1,024
+  assert auto(4_000, 1280) == 800  # 2**20 // 1,280 = 819
+  assert auto(1_025, 500) == 513  # 2 chunks, 1 row twice
+  assert auto(5_000, 160, positions=28 * 28) == 8
+  assert auto(10, 10**7) == 1
+  assert auto(1_000, 500) is None  # one chunk: the whole batch
+  assert nc_jax.default_chunk_size(5_000, 160, positions=28 * 28,
+                                   platform="gpu") == 1000  # <= 1,070
+  assert nc_jax.default_chunk_size(500, 160, positions=28 * 28,
+                                   platform="tpu") is None
+  assert nc_jax.default_chunk_size(60_000, 500) == auto(60_000, 500)  # on CPU
+  assert placement.auto_chunk_size(64, 60_000, 500, "cpu") == 64  # as given
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"m": 0}, ValueError, "`m` must be a positive int, got 0"),
+    ({"num_candidates": 2.5}, ValueError, "`num_candidates` must be"),
+    ({"positions": True}, ValueError, "`positions` must be"),
+    ({"platform": 0}, TypeError, "`platform` must be a string"),
+])
+def test_default_chunk_size_names_a_bad_argument(kwargs, error, match):
+  args = {"m": 100, "num_candidates": 50, **kwargs}
+  with pytest.raises(error, match=match):
+    nc_jax.default_chunk_size(args.pop("m"), args.pop("num_candidates"),
+                              **args)
 
 
 def test_a_conv_campaign_streams_the_images_in_bounded_chunks(mnist):
@@ -146,6 +163,6 @@ def test_a_conv_campaign_streams_the_images_in_bounded_chunks(mnist):
   key = jax.random.key(0)
   with mock.patch.object(placement, "auto_chunk_size", spy):
     streamed = nc_jax.campaign_init(images, y)(key, (3, 3, 1, 32))
-  assert seen == [8]
+  assert seen == [8] == [nc_jax.default_chunk_size(1000, 160, positions=784)]
   whole = nc_jax.campaign_init(images, y, chunk_size=1000)(key, (3, 3, 1, 32))
   np.testing.assert_array_equal(streamed, whole)

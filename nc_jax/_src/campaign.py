@@ -109,6 +109,56 @@ def _check_num_candidates(num_candidates: Any, fan_out: int) -> None:
         f"{CANDIDATES_PER_NEURON} * fan_out.")
 
 
+def default_chunk_size(m: int, num_candidates: int, *, positions: int = 1,
+                       platform: str | None = None) -> int | None:
+  """The rows a campaign scores at a time when `chunk_size=None`.
+
+  On CPU, chunks of at most 2**20 responses (rows x positions x N) and
+  1,024 rows, which stay in cache; on GPU/TPU the whole batch unless its
+  responses exceed 2**27 values. Chunks are then evened out over the batch,
+  so that the last one, moved back to end at row m, repeats few rows. The
+  working memory of the scoring is O(chunk x positions x N).
+
+  Args:
+    m: rows (examples, or images for a convolution) in the batch.
+    num_candidates: N, the candidates scored (`campaign_init`'s default is
+      5 * fan_out).
+    positions: samples per row: a convolution's output positions per image,
+      1 for a dense layer.
+    platform: where the batch lives, "cpu", "gpu" or "tpu"; None:
+      `jax.default_backend()`.
+
+  Returns:
+    The chunk size `campaign_init` and `campaign_select` use, or None for
+    the whole batch at once.
+
+  Raises:
+    ValueError: for an argument that is not a positive int.
+    TypeError: for a `platform` that is not a string.
+
+  Examples:
+    >>> import nc_jax
+    >>> nc_jax.default_chunk_size(60_000, 500, platform="cpu")  # 59 chunks
+    1017
+    >>> nc_jax.default_chunk_size(5_000, 160, positions=28 * 28,
+    ...                           platform="cpu")  # 8 images of 28x28
+    8
+    >>> print(nc_jax.default_chunk_size(60_000, 500, platform="gpu"))
+    None
+  """
+  for name, value in (("m", m), ("num_candidates", num_candidates),
+                      ("positions", positions)):
+    validation.check_positive_int(value, name)
+  if platform is None:
+    platform = jax.default_backend()
+  elif not isinstance(platform, str):
+    raise TypeError(
+        f"`platform` must be a string such as 'cpu', 'gpu' or 'tpu', or None "
+        f"for jax.default_backend(), got {platform!r}.")
+  return placement.auto_chunk_size(None, int(m), int(num_candidates),
+                                   platform, int(positions))
+
+
 def _options(x: jax.Array, num_candidates: int,
              row_sharding: placement.RowSharding | None, *,
              activation: Activation, class_balanced: bool,
@@ -176,7 +226,7 @@ def campaign_select(
       O(chunk_size * N) rather than O(m * N). None chooses by device: on
       CPU, chunks of at most 2**20 responses and 1,024 rows (cache-sized
       chunks are fastest there); the whole batch on GPU/TPU unless its
-      responses exceed 2**27 values.
+      responses exceed 2**27 values (`default_chunk_size` gives the rows).
 
   Returns:
     int32 indices of the elected candidates, shape `(k,)`, in Step 5's order.
