@@ -28,7 +28,6 @@ def digits():
   return (data.data / 16.0).astype(np.float32), data.target.astype(np.int32)
 
 
-
 @pytest.fixture(scope="module", autouse=True)
 def _release_compiled_programs():
   """Drops each module's compiled programs once the module is done.
