@@ -248,10 +248,10 @@ def _candidates(case: Case, n: int, seed: int) -> jax.Array:
 
 
 def floor_seconds(x: jax.Array, num_candidates: int, repeats: int,
-                  seed: int = 0, case: Case | None = None) -> float:
+                  seed: int = 0) -> float:
   """Median warm time of the plain floor, `relu(x @ w).sum(0)` with N
-  columns (or `case`'s product)."""
-  case = case or Case(f"{x.shape[1]}xN", (x.shape[1], num_candidates))
+  columns."""
+  case = as_case((x.shape[1], num_candidates))
   w = _candidates(case, num_candidates, seed)
   return time_calls(lambda _: _floor(x, w, case), repeats)[1]
 

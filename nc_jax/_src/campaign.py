@@ -146,17 +146,18 @@ def default_chunk_size(m: int, num_candidates: int, *, positions: int = 1,
     >>> print(nc_jax.default_chunk_size(60_000, 500, platform="gpu"))
     None
   """
-  for name, value in (("m", m), ("num_candidates", num_candidates),
-                      ("positions", positions)):
-    validation.check_positive_int(value, name)
+  m = validation.check_positive_int(m, "m")
+  num_candidates = validation.check_positive_int(num_candidates,
+                                                 "num_candidates")
+  positions = validation.check_positive_int(positions, "positions")
   if platform is None:
     platform = jax.default_backend()
   elif not isinstance(platform, str):
     raise TypeError(
         f"`platform` must be a string such as 'cpu', 'gpu' or 'tpu', or None "
         f"for jax.default_backend(), got {platform!r}.")
-  return placement.auto_chunk_size(None, int(m), int(num_candidates),
-                                   platform, int(positions))
+  return placement.auto_chunk_size(None, m, num_candidates, platform,
+                                   positions)
 
 
 def _options(x: jax.Array, num_candidates: int,

@@ -51,14 +51,12 @@ class ConvSpec:
 
   def positions(self, batch_shape: tuple[int, ...],
                 kernel_shape: tuple[int, ...]) -> int:
-    """Output positions per example: the samples each example gives."""
-    return math.prod(self._output_shape(batch_shape, kernel_shape)[1:-1])
-
-  def _output_shape(self, batch_shape: tuple[int, ...],
-                    kernel_shape: tuple[int, ...]) -> tuple[int, ...]:
-    return jax.eval_shape(
+    """Output positions per example: the samples each example gives (0 when
+    the window does not fit the padded input)."""
+    out = jax.eval_shape(
         self.apply, jax.ShapeDtypeStruct((1, *batch_shape[1:]), jnp.float32),
         jax.ShapeDtypeStruct(kernel_shape, jnp.float32)).shape
+    return math.prod(out[1:-1])
 
 
 def _per_axis(value: int | Sequence[int], rank: int, name: str
@@ -134,7 +132,7 @@ def conv_spec(batch_shape: tuple[int, ...], kernel_shape: tuple[int, ...], *,
         "this layer.")
   spec = ConvSpec(_per_axis(strides, rank, "strides"), _padding(padding, rank),
                   _per_axis(kernel_dilation, rank, "kernel_dilation"))
-  if min(spec._output_shape(batch_shape, kernel_shape)[1:-1]) < 1:
+  if spec.positions(batch_shape, kernel_shape) < 1:
     raise ValueError(
         f"the dilated {kernel_shape[:-2]} window is larger than the padded "
         f"input {batch_shape[1:-1]} (padding {spec.padding!r}), so the "
