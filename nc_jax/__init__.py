@@ -15,6 +15,7 @@ from nc_jax._src.lsuv import lsuv_nnx as lsuv_nnx
 from nc_jax._src.model_campaign import campaign_linen as campaign_linen
 from nc_jax._src.model_campaign import campaign_nnx as campaign_nnx
 from nc_jax._src.model_campaign import linear_alpha as linear_alpha
+from nc_jax._src.report import WalkReport as WalkReport
 from nc_jax._src.scores import CriterionDroppedWarning as CriterionDroppedWarning
 from nc_jax._src.scores import neuron_scores as neuron_scores
 from nc_jax._src.election import class_quotas as class_quotas
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CriterionDroppedWarning",
+    "WalkReport",
     "campaign_init",
     "campaign_linen",
     "campaign_nnx",

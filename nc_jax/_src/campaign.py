@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -292,6 +292,77 @@ def _campaign_kernel(key, x, first_row, labels, alpha, bias, *, base_init,
                                         options)
 
 
+class CheckedBatch(NamedTuple):
+  """A layer's batch and labels, checked once and placed for scoring."""
+  x: jax.Array
+  labels: jax.Array | None
+  num_classes: int | None
+  first_row: jax.Array | None
+  row_sharding: placement.RowSharding | None
+  valid: jax.Array | None  # traced input: False when a value check fails
+
+
+def checked_batch(batch: ArrayLike, labels: ArrayLike | None,
+                  num_classes: int | None) -> CheckedBatch:
+  """Checks a batch and its labels (`validation`) and places them
+  (`placement`): the record every campaign of the batch starts from."""
+  x = validation.as_batch(batch)
+  int_labels, num_classes = validation.as_int_labels(labels, x.shape[0],
+                                                     num_classes)
+  valid = validation.traced_checks(x, int_labels, num_classes)
+  x, int_labels, first_row, row_sharding = placement.placement(x, int_labels)
+  return CheckedBatch(x, int_labels, num_classes, first_row, row_sharding,
+                      valid)
+
+
+class Elected(NamedTuple):
+  """A layer's campaign: its kernel and how it was chosen."""
+  kernel: jax.Array        # the elected candidates, in the kernel's layout
+  scores: jax.Array        # (N,) every candidate's score
+  indices: jax.Array       # (fan_out,) the elected candidates
+  dropped: scores_lib.Dropped
+
+
+def score_and_elect(checked: CheckedBatch, key: jax.Array,
+                    shape: tuple[int, ...], dtype: jnp.dtype,
+                    num_candidates: int, *, alpha: jax.Array,
+                    bias: jax.Array, base_init: Initializer,
+                    activation: Activation, class_balanced: bool,
+                    chunk_size: int | None, strides: Any = 1,
+                    padding: conv.Padding = "SAME", kernel_dilation: Any = 1,
+                    feature_group_count: int = 1) -> Elected:
+  """Draws N candidates for a kernel of `shape`, scores them on the checked
+  batch (Steps 1-3) and elects fan_out of them (Steps 3-5)."""
+  x, first_row = checked.x, checked.first_row
+  if len(shape) == 2:  # a dense kernel: the batch flattened to fan_in
+    rows, first, spec, positions = _flat(x), _flat(first_row), None, 1
+    if rows.shape[1] != shape[0]:
+      raise ValueError(
+          f"`batch` has {rows.shape[1]} features but the kernel expects "
+          f"fan_in={shape[0]}; pass the activations that feed this layer.")
+  else:  # a convolution's: the batch as images
+    rows, first = x, first_row
+    spec = conv.conv_spec(x.shape, shape, strides=strides, padding=padding,
+                          kernel_dilation=kernel_dilation,
+                          feature_group_count=feature_group_count)
+    positions = spec.positions(x.shape, shape)
+  options = _options(rows, num_candidates, checked.row_sharding,
+                     activation=activation, class_balanced=class_balanced,
+                     num_classes=checked.num_classes, chunk_size=chunk_size,
+                     convolution=spec, positions=positions)
+  w, scores, groups, dropped = placement.on_auto_axes(_campaign_kernel, x)(
+      key, rows, first, checked.labels, alpha, bias, base_init=base_init,
+      shape=shape, dtype=dtype, num_candidates=num_candidates,
+      options=options)
+  indices = election.elect_compiled(  # on the candidates as scored, flat
+      w.reshape(-1, num_candidates).astype(x.dtype), scores, groups,
+      options.num_groups, shape[-1])
+  kernel = w[..., indices]  # Step 5: the raw candidates, in the layout
+  if checked.valid is not None:  # failed value checks: NaN, never plausible
+    kernel = jnp.where(checked.valid, kernel, jnp.nan)
+  return Elected(kernel, scores, indices, dropped)
+
+
 def campaign_init(
     batch: ArrayLike,
     labels: ArrayLike | None = None,
@@ -386,49 +457,26 @@ def campaign_init(
     Mao et al., "Neuron Campaign for Initialization Guided by Information
     Bottleneck Theory", CIKM 2021, https://arxiv.org/abs/2108.06530.
   """
-  x = validation.as_batch(batch)
-  int_labels, num_classes = validation.as_int_labels(labels, x.shape[0],
-                                                     num_classes)
+  checked = checked_batch(batch, labels, num_classes)
   alpha = validation.check_alpha(alpha)
   bias = validation.check_bias(bias)
   chunk_size = validation.check_chunk_size(chunk_size)
   validation.check_positive_int(num_candidates, "num_candidates",
                                 allow_none=True)
   validation.check_callables(base_init=base_init, activation=activation)
-  valid = validation.traced_checks(x, int_labels, num_classes)
-  x, int_labels, first_row, row_sharding = placement.placement(
-      x, int_labels)
+  convolution = dict(strides=strides, padding=padding,
+                     kernel_dilation=kernel_dilation,
+                     feature_group_count=feature_group_count)
 
   def init(key: jax.Array, shape: tuple[int, ...],
            dtype: DTypeLike = jnp.float32) -> jax.Array:
     shape, n, dtype = _init_call(shape, num_candidates, dtype)
-    if len(shape) == 2:  # a dense kernel: the batch flattened to fan_in
-      rows, first, spec, positions = _flat(x), _flat(first_row), None, 1
-      if rows.shape[1] != shape[0]:
-        raise ValueError(
-            f"`batch` has {rows.shape[1]} features but the kernel expects "
-            f"fan_in={shape[0]}; pass the activations that feed this layer.")
-    else:  # a convolution's: the batch as images
-      rows, first = x, first_row
-      spec = conv.conv_spec(x.shape, shape, strides=strides, padding=padding,
-                            kernel_dilation=kernel_dilation,
-                            feature_group_count=feature_group_count)
-      positions = spec.positions(x.shape, shape)
-    options = _options(rows, n, row_sharding, activation=activation,
-                       class_balanced=class_balanced, num_classes=num_classes,
-                       chunk_size=chunk_size, convolution=spec,
-                       positions=positions)
-    w, scores, groups, dropped = placement.on_auto_axes(_campaign_kernel, x)(
-        key, rows, first, int_labels, alpha, bias, base_init=base_init,
-        shape=shape, dtype=dtype, num_candidates=n, options=options)
-    scores_lib.warn_if_dropped(dropped)
-    indices = election.elect_compiled(  # on the candidates as scored, flat
-        w.reshape(-1, n).astype(x.dtype), scores, groups, options.num_groups,
-        shape[-1])
-    kernel = w[..., indices]  # Step 5: the raw candidates, in the layout
-    # Traced input that fails a value check gives NaN, never a plausible
-    # kernel.
-    return kernel if valid is None else jnp.where(valid, kernel, jnp.nan)
+    elected = score_and_elect(
+        checked, key, shape, dtype, n, alpha=alpha, bias=bias,
+        base_init=base_init, activation=activation,
+        class_balanced=class_balanced, chunk_size=chunk_size, **convolution)
+    scores_lib.warn_if_dropped(elected.dropped)
+    return elected.kernel
 
   return init
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import numbers
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,41 +11,66 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import nnx
+import numpy as np
 from jax.typing import ArrayLike
 
 from nc_jax._src import traversal
 from nc_jax._src import validation
+from nc_jax._src.report import WalkReport
 
 
-def _lsuv_rule(key: jax.Array, tol: float, max_iters: int,
-               orthogonal_start: bool) -> traversal.RuleFactory:
+@dataclasses.dataclass(frozen=True)
+class _LsuvRule(traversal.Rule):
   """Orthogonal pre-init (or the layer's current kernel), then rescale until
-  the output variance is 1."""
-  if not isinstance(tol, numbers.Real) or not 0 < tol < 1:
-    raise ValueError(f"`tol` must be a float in (0, 1), got {tol!r}.")
-  validation.check_positive_int(max_iters, "max_iters")
-  orthogonal = jax.nn.initializers.orthogonal()
+  the output variance is 1: a compiled loop on the layer alone, on its
+  captured input."""
+  tol: float
+  max_iters: int
+  orthogonal: bool
 
-  def rule(layer: traversal.Layer) -> jax.Array:
+  def __call__(self, layer: traversal.Layer, key: jax.Array,
+               labels: jax.Array | None
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    del labels
+    spec = layer.spec
     dtype = layer.kernel.dtype
-    if orthogonal_start:
-      kernel = orthogonal(jax.random.fold_in(key, layer.index),
-                          layer.flat_shape, dtype).reshape(layer.kernel.shape)
+    if self.orthogonal:
+      kernel = _ORTHOGONAL(jax.random.fold_in(key, spec.index),
+                           spec.flat_shape, dtype).reshape(spec.kernel_shape)
     else:
       kernel = layer.kernel
-    for _ in range(max_iters):
-      variance = float(jnp.var(layer.outputs(kernel).astype(jnp.float32)))
-      if abs(variance - 1.0) < tol:
-        break
-      if not math.isfinite(variance) or variance == 0.0:
-        warnings.warn(
-            f"LSUV: layer {layer.path!r} has output variance {variance} on the "
-            "batch (dead or constant input); its kernel is kept unscaled.",
-            stacklevel=6)
-        break
-      kernel = (kernel / math.sqrt(variance)).astype(dtype)
-    return kernel
 
+    def variance(k):
+      return jnp.var(layer.outputs(k).astype(jnp.float32))
+
+    def settled(v):  # within tol, or dead: a kernel that cannot be scaled
+      return (jnp.abs(v - 1.0) < self.tol) | ~jnp.isfinite(v) | (v == 0.0)
+
+    def rescale(carry):
+      k, v, i = carry
+      k = (k / jnp.sqrt(v).astype(dtype)).astype(dtype)
+      return k, variance(k), i + 1
+
+    kernel, v, iterations = jax.lax.while_loop(
+        lambda c: (c[2] < self.max_iters) & ~settled(c[1]), rescale,
+        (kernel, variance(kernel), jnp.int32(0)))
+    return kernel, {"lsuv_iterations": iterations,
+                    "converged": jnp.abs(v - 1.0) < self.tol, "variance": v}
+
+
+_ORTHOGONAL = jax.nn.initializers.orthogonal()
+
+
+def _lsuv_rule(tol: float, max_iters: int, orthogonal: bool
+               ) -> traversal.RuleFactory:
+  if (not isinstance(tol, numbers.Real) or isinstance(tol, bool)
+      or not 0 < tol < 1):
+    raise ValueError(f"`tol` must be a float in (0, 1), got {tol!r}.")
+  validation.check_positive_int(max_iters, "max_iters")
+  if not isinstance(orthogonal, bool | np.bool_):
+    raise TypeError(
+        f"`orthogonal` must be True or False, got {orthogonal!r}.")
+  rule = _LsuvRule(float(tol), int(max_iters), bool(orthogonal))
   return lambda plan: rule
 
 
@@ -61,7 +85,8 @@ def lsuv_linen(
     progress: bool = True,
     model_kwargs: Mapping[str, Any] | None = None,
     variables: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+    report: bool = False,
+) -> dict[str, Any] | tuple[dict[str, Any], WalkReport]:
   """Initializes a flax.linen model by LSUV on a batch.
 
   Mishkin & Matas (ICLR 2016): every kernel (Dense, DenseGeneral, Conv) is drawn orthogonal, then,
@@ -111,12 +136,12 @@ def lsuv_linen(
     https://arxiv.org/abs/1511.06422.
   """
   x, _, _ = validation.check_model_batch(x, None, None)
-  init_key, lsuv_key = jax.random.split(validation.as_key(key))
-  return traversal.walk_linen(model, init_key, x,
-                              _lsuv_rule(lsuv_key, tol, max_iters,
-                                         orthogonal_start=variables is None),
-                              layers=layers, progress=progress, desc="LSUV",
-                              model_kwargs=model_kwargs, variables=variables)
+  rule = _lsuv_rule(tol, max_iters, orthogonal=variables is None)
+  out, made = traversal.walk_linen(
+      model, validation.as_key(key), x, None, rule, layers=layers,
+      progress=progress, desc="LSUV", model_kwargs=model_kwargs,
+      report=bool(report), variables=variables)
+  return (out, made) if report else out
 
 
 def lsuv_nnx(
@@ -130,7 +155,8 @@ def lsuv_nnx(
     progress: bool = True,
     model_kwargs: Mapping[str, Any] | None = None,
     orthogonal: bool = True,
-) -> None:
+    report: bool = False,
+) -> WalkReport | None:
   """Initializes a flax.nnx model's kernels by LSUV on a batch, in place.
 
   As `lsuv_linen`, with `key` in the role of its `lsuv_key`: layer `i`'s
@@ -170,7 +196,8 @@ def lsuv_nnx(
     https://arxiv.org/abs/1511.06422.
   """
   x, _, _ = validation.check_model_batch(x, None, None)
-  traversal.walk_nnx(model, x, _lsuv_rule(validation.as_key(key), tol,
-                                          max_iters, bool(orthogonal)),
-                     layers=layers, progress=progress, desc="LSUV",
-                     model_kwargs=model_kwargs)
+  return traversal.walk_nnx(
+      model, validation.as_key(key), x, None,
+      _lsuv_rule(tol, max_iters, orthogonal), layers=layers,
+      progress=progress, desc="LSUV", model_kwargs=model_kwargs,
+      report=bool(report))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Union, get_args
@@ -14,8 +15,11 @@ from flax import nnx
 from jax.typing import ArrayLike
 
 from nc_jax._src import campaign
+from nc_jax._src import conv
+from nc_jax._src import placement
 from nc_jax._src import traversal
 from nc_jax._src import validation
+from nc_jax._src.report import WalkReport
 from nc_jax._src.types import Activation
 from nc_jax._src.types import Initializer
 
@@ -39,7 +43,7 @@ def linear_alpha(index: int, count: int) -> float:
   return 1.0 if count == 1 else 1.0 - index / (count - 1)
 
 
-def _alphas(alpha: AlphaSchedule, count: int) -> list[float]:
+def _alphas(alpha: AlphaSchedule, count: int) -> tuple[float, ...]:
   if alpha is None:
     alpha = linear_alpha
   if callable(alpha):
@@ -53,7 +57,13 @@ def _alphas(alpha: AlphaSchedule, count: int) -> list[float]:
           f"`alpha` has {len(values)} values but {count} layers take part; "
           "pass one alpha per layer, a float, or a schedule (index, count) -> "
           "alpha.")
-  return [float(validation.check_alpha(a)) for a in values]
+  for a in values:
+    if not placement.is_concrete(a):
+      raise TypeError(
+          "`alpha` must hold Python or NumPy numbers (each layer's alpha is "
+          "fixed when the walk is compiled), got a traced value; pass floats.")
+    validation.check_alpha(a)
+  return tuple(float(a) for a in values)
 
 
 def _activation_for(activation: Activations, plan: traversal.Plan
@@ -96,87 +106,119 @@ def _identity(z: jax.Array) -> jax.Array:
   return z
 
 
-def _bias_value(layer: traversal.Layer) -> float:
-  """The campaign scores with one bias for all neurons (docs/algorithm.md#notation)."""
-  if layer.bias is None:
-    return 0.0
-  flat = np.asarray(layer.bias, np.float64).reshape(-1)
-  if not np.all(flat == flat[0]):
-    raise ValueError(
-        f"layer {layer.path!r} starts with a non-constant bias (values in "
-        f"[{flat.min():.3g}, {flat.max():.3g}]); the campaign scores candidates"
-        " with one bias for all neurons, so give the layer a constant "
-        "`bias_init` (zeros, as published) or leave it out with `layers=`.")
-  return float(flat[0])
+def _scalar_bias(bias: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  """The one bias the campaign scores with (docs/algorithm.md#notation), and
+  whether every neuron's bias equals it."""
+  if bias is None:
+    return jnp.zeros((), jnp.float32), jnp.asarray(True)
+  flat = bias.reshape(-1)
+  return flat[0], jnp.all(flat == flat[0])
 
 
-def _layer_labels(layer: traversal.Layer, labels: jax.Array | None,
-                  positions: int) -> jax.Array | None:
-  """Labels row-aligned with `positions` samples per example."""
-  if labels is None:
+# nnx layers do not keep their kernel_init; this is their default.
+_NNX_DEFAULT_INIT = nnx.initializers.lecun_normal()
+
+
+@dataclasses.dataclass(frozen=True)
+class _CampaignRule(traversal.Rule):
+  """Each layer's kernel elected by a campaign on its input (or, with
+  `elect="random"`, picked at random from the same candidates)."""
+  alphas: tuple[float, ...]
+  activations: tuple[Activation, ...]
+  candidates_per_neuron: int
+  base_init: Initializer | None
+  class_balanced: bool
+  num_classes: int | None
+  chunk_size: int | None
+  elect: Elect
+
+  def _shape(self, spec: traversal.LayerSpec) -> tuple[int, ...]:
+    # A convolution is elected in its own layout; a dense layer's kernel as
+    # the matrix it is, on its input's rows.
+    return spec.kernel_shape if spec.geometry.conv else spec.flat_shape
+
+  def describe(self, spec: traversal.LayerSpec) -> dict[str, Any]:
+    fan_out = self._shape(spec)[-1]
+    return {"candidates": self.candidates_per_neuron * fan_out,
+            "elected": fan_out}
+
+  def refusal(self, spec: traversal.LayerSpec) -> str | None:
+    options = spec.geometry.conv_options
+    if self.elect == "random" or options is None:
+      return None
+    images = (2, *spec.input_shape[-len(spec.kernel_shape) + 1:])
+    try:
+      conv.conv_spec(images, spec.kernel_shape, **options)
+    except ValueError as error:
+      return str(error)
     return None
-  if layer.inputs.ndim < 2 or layer.inputs.shape[0] != labels.shape[0]:
-    raise ValueError(
-        f"layer {layer.path!r} gets input of shape {tuple(layer.inputs.shape)},"
-        f" whose leading axis is not the batch of {labels.shape[0]} labelled "
-        "examples; leave it out with `layers=` or pass `y=None`.")
-  return labels if positions == 1 else jnp.repeat(labels, positions)
+
+  def __call__(self, layer: traversal.Layer, key: jax.Array,
+               labels: jax.Array | None
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    spec = layer.spec
+    shape = self._shape(spec)
+    num_candidates = self.candidates_per_neuron * shape[-1]
+    draw_from = self.base_init or spec.kernel_init or _NNX_DEFAULT_INIT
+    key = jax.random.fold_in(key, spec.index)
+    dtype = layer.kernel.dtype
+    if self.elect == "random":
+      kernel = campaign.random_pick_init(num_candidates=num_candidates,
+                                         base_init=draw_from)(key, shape, dtype)
+      return kernel.reshape(spec.kernel_shape), {}
+    rows, positions = layer.rows()
+    if not spec.geometry.conv:
+      rows = rows.reshape(-1, shape[0])
+    if labels is not None and positions > 1:  # each with its example's label
+      labels = jnp.repeat(labels, positions)
+    bias, constant = _scalar_bias(layer.bias)
+    elected = campaign.score_and_elect(
+        campaign.checked_batch(rows, labels, self.num_classes), key, shape,
+        dtype, num_candidates, alpha=jnp.float32(self.alphas[spec.index]),
+        bias=bias, base_init=draw_from,
+        activation=self.activations[spec.index],
+        class_balanced=self.class_balanced, chunk_size=self.chunk_size,
+        **(spec.geometry.conv_options or {}))
+    # A non-constant bias is refused after the walk (`WalkReport.check`);
+    # its kernel is NaN meanwhile, never plausible.
+    kernel = jnp.where(constant, elected.kernel, jnp.nan)
+    return kernel.reshape(spec.kernel_shape), {
+        "score_elected": jnp.median(elected.scores[elected.indices]),
+        "score_all": jnp.median(elected.scores),
+        "dropped_input": elected.dropped.input_info,
+        "dropped_label": elected.dropped.label_info,
+        "overflowed": elected.dropped.overflowed,
+        "bias_constant": constant}
 
 
-def _campaign_rule(key: jax.Array, labels: jax.Array | None,
-                   num_classes: int | None, *, alpha: AlphaSchedule,
-                   activation: Activations, candidates_per_neuron: int,
-                   base_init: Initializer | None,
-                   class_balanced: bool,
+def _campaign_rule(num_classes: int | None, *,
+                   alpha: AlphaSchedule, activation: Activations,
+                   candidates_per_neuron: int,
+                   base_init: Initializer | None, class_balanced: bool,
                    chunk_size: int | None,
                    elect: Elect) -> traversal.RuleFactory:
   validation.check_positive_int(
       candidates_per_neuron, "candidates_per_neuron",
       hint="candidates drawn per elected neuron; the paper uses 5")
-  if elect not in get_args(Elect):
+  if not isinstance(elect, str) or elect not in get_args(Elect):
     raise ValueError(
         f"`elect` must be one of {get_args(Elect)}, got {elect!r}; "
         "\"random\" picks the same candidates uniformly at random (the "
         "control for the election).")
   if base_init is not None:
     validation.check_callables(base_init=base_init)
+  chunk_size = validation.check_chunk_size(chunk_size)
 
   def make_rule(plan: traversal.Plan) -> traversal.Rule:
-    alphas = _alphas(alpha, len(plan.paths))
     activation_of = _activation_for(activation, plan)
-
-    def rule(layer: traversal.Layer) -> jax.Array:
-      conv = layer.geometry.conv
-      # A convolution is elected in its own layout; a dense layer's kernel
-      # as the matrix it is, on its input's rows.
-      shape = layer.kernel.shape if conv else layer.flat_shape
-      num_candidates = candidates_per_neuron * shape[-1]
-      draw_from = base_init or layer.kernel_init or _NNX_DEFAULT_INIT
-      if elect == "random":
-        init = campaign.random_pick_init(num_candidates=num_candidates,
-                                         base_init=draw_from)
-      else:
-        if conv:
-          batch, batch_labels = layer.inputs, _layer_labels(layer, labels, 1)
-        else:
-          rows, positions = layer.rows()
-          batch = rows.reshape(-1, shape[0])
-          batch_labels = _layer_labels(layer, labels, positions)
-        init = campaign.campaign_init(
-            batch, batch_labels, alpha=alphas[layer.index],
-            num_candidates=num_candidates, base_init=draw_from,
-            activation=activation_of(layer.path),
-            class_balanced=class_balanced, num_classes=num_classes,
-            bias=_bias_value(layer), chunk_size=chunk_size, **(conv or {}))
-      kernel = init(jax.random.fold_in(key, layer.index), shape,
-                    layer.kernel.dtype)
-      return kernel.reshape(layer.kernel.shape)
-    return rule
+    return _CampaignRule(
+        alphas=_alphas(alpha, len(plan.layers)),
+        activations=tuple(activation_of(p) for p in plan.paths),
+        candidates_per_neuron=int(candidates_per_neuron),
+        base_init=base_init, class_balanced=bool(class_balanced),
+        num_classes=num_classes, chunk_size=chunk_size, elect=elect)
   return make_rule
 
-
-# nnx layers do not keep their kernel_init; this is their default.
-_NNX_DEFAULT_INIT = nnx.initializers.lecun_normal()
 
 def campaign_linen(
     model: nn.Module,
@@ -195,7 +237,8 @@ def campaign_linen(
     elect: Elect = "campaign",
     progress: bool = True,
     model_kwargs: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+    report: bool = False,
+) -> dict[str, Any] | tuple[dict[str, Any], WalkReport]:
   """Initializes a flax.linen model with every kernel elected by a campaign.
 
   `init_key, campaign_key = jax.random.split(key)`; `model.init(init_key, x[:2])`
@@ -268,14 +311,15 @@ def campaign_linen(
     Bottleneck Theory", CIKM 2021, https://arxiv.org/abs/2108.06530.
   """
   x, labels, num_classes = validation.check_model_batch(x, y, num_classes)
-  init_key, campaign_key = jax.random.split(validation.as_key(key))
   make_rule = _campaign_rule(
-      campaign_key, labels, num_classes, alpha=alpha, activation=activation,
+      num_classes, alpha=alpha, activation=activation,
       candidates_per_neuron=candidates_per_neuron, base_init=base_init,
       class_balanced=class_balanced, chunk_size=chunk_size, elect=elect)
-  return traversal.walk_linen(model, init_key, x, make_rule, layers=layers,
-                              progress=progress, desc="campaign",
-                              model_kwargs=model_kwargs)
+  variables, made = traversal.walk_linen(
+      model, validation.as_key(key), x, labels, make_rule, layers=layers,
+      progress=progress, desc="campaign", model_kwargs=model_kwargs,
+      report=bool(report))
+  return (variables, made) if report else variables
 
 
 def campaign_nnx(
@@ -295,7 +339,8 @@ def campaign_nnx(
     elect: Elect = "campaign",
     progress: bool = True,
     model_kwargs: Mapping[str, Any] | None = None,
-) -> None:
+    report: bool = False,
+) -> WalkReport | None:
   """Elects every kernel of a flax.nnx model by a campaign, in place.
 
   One forward pass of `x` visits the `nnx.Linear`, `nnx.LinearGeneral` and
@@ -360,10 +405,10 @@ def campaign_nnx(
   """
   x, labels, num_classes = validation.check_model_batch(x, y, num_classes)
   make_rule = _campaign_rule(
-      validation.as_key(key), labels, num_classes, alpha=alpha,
-      activation=activation,
+      num_classes, alpha=alpha, activation=activation,
       candidates_per_neuron=candidates_per_neuron, base_init=base_init,
       class_balanced=class_balanced, chunk_size=chunk_size, elect=elect)
-  traversal.walk_nnx(model, x, make_rule, layers=layers, progress=progress,
-                     desc="campaign", model_kwargs=model_kwargs)
-
+  return traversal.walk_nnx(
+      model, validation.as_key(key), x, labels, make_rule, layers=layers,
+      progress=progress, desc="campaign", model_kwargs=model_kwargs,
+      report=bool(report))

@@ -416,31 +416,32 @@ def campaign_scores(
   return scores, groups, dropped
 
 
-def warn_if_dropped(dropped: Dropped) -> None:
-  """Warns about criteria that dropped out; silent under tracing."""
+def warn_if_dropped(dropped: Dropped, where: str = "") -> None:
+  """Warns about criteria that dropped out (`where`: the layer, for the
+  message); silent under tracing."""
   if not all(placement.is_concrete(flag) for flag in dropped):
     return
   if bool(dropped.input_info):
     warnings.warn(
-        "The input-information criterion (MI(X;Z) proxy) dropped out: every "
+        f"{where}The input-information criterion (MI(X;Z) proxy) dropped out: every "
         "candidate's response is constant on the batch (e.g. all ReLUs are "
         "dead). Scores carry no input information; check the batch and the "
         "layer's activation.",
-        CriterionDroppedWarning, stacklevel=3)
+        CriterionDroppedWarning, stacklevel=4 if where else 3)
   overflowed = int(dropped.overflowed)
   if overflowed:
     warnings.warn(
-        f"{overflowed} candidate(s) respond to the batch with values beyond "
+        f"{where}{overflowed} candidate(s) respond to the batch with values beyond "
         "float32's range; they score 0 on both criteria. Scale the batch (or "
         "the layer's inputs) to a moderate range.",
-        CriterionDroppedWarning, stacklevel=3)
+        CriterionDroppedWarning, stacklevel=4 if where else 3)
   if bool(dropped.label_info):
     warnings.warn(
-        "The label-information criterion (MI(Z;Y) proxy) dropped out: fewer "
+        f"{where}The label-information criterion (MI(Z;Y) proxy) dropped out: fewer "
         "than two classes are present in the batch. The score is the "
         "input-information criterion alone; pass a batch with several classes "
         "to use labels.",
-        CriterionDroppedWarning, stacklevel=3)
+        CriterionDroppedWarning, stacklevel=4 if where else 3)
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes",))

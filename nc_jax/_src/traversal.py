@@ -1,35 +1,56 @@
-"""Layer-sequential traversal of Flax models: one walk, any per-layer rule.
+"""Layer-sequential traversal of Flax models, compiled: one walk, any rule.
 
 The walk runs the model's own forward pass on the batch and stops at every
-weight layer (`Dense`, `DenseGeneral`, `Conv`; nnx `Linear`, `LinearGeneral`,
-`Conv`) in the order the forward pass calls it. A rule sees the layer's real input, as produced by the layers
-already set, and returns the layer's new kernel; the forward pass then goes on
-with it. The campaign (`campaign_linen`) and LSUV (`lsuv_linen`) are two rules
-on this one walk.
+weight layer (`Dense`, `DenseGeneral`, `Conv`; nnx `Linear`,
+`LinearGeneral`, `Conv`) in the order the forward pass calls it. A rule sees
+the layer's real input, as produced by the layers already set, and returns
+the layer's new kernel; the forward pass then goes on with it. The campaign
+and LSUV are two rules on this one walk (docs/algorithm.md#whole-models).
+
+A walk has two phases:
+
+1. **The plan**, before any work: one abstract pass (`jax.eval_shape`, no
+   computation, nothing compiled) finds the weight layers in call order,
+   their geometry, the layers the walk leaves alone, and every layer the
+   rule refuses, so that all errors name their layer and come first.
+2. **The walk**, one compiled program (`jax.jit`, keyed by the model, the
+   plan and the rule): `model.init` (linen), the forward pass, and each
+   layer's rule on its captured input, all traced together, so nothing runs
+   op by op and nothing waits on the host between layers. Called inside the
+   user's own `jax.jit` the program is simply inlined.
 
 Inputs are captured and kernels replaced with the frameworks' own mechanisms:
-`flax.linen.intercept_methods` for linen, and for nnx a graph traversal
-(`nnx.iter_modules`) with the weight layers' `__call__` wrapped for the pass,
-the mechanism `nnx.capture` itself uses. Dropout is deterministic during the
-walk; nothing but the elected kernels changes in the model.
+`flax.linen.intercept_methods` for linen; for nnx, `nnx.split`/`nnx.merge`
+and the weight layers' `__call__` wrapped for the pass. A layer is caught at
+flax's own call, the one that multiplies its kernel, so a subclass that
+transforms its input before `super().__call__` is scored on what its kernel
+sees. Every module whose call takes `deterministic` (dropout, attention
+dropout, user modules that follow the convention) runs deterministically;
+nothing but the kernels changes in the model.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import functools
+import inspect
+import itertools
 import math
+import time
 import warnings
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, Hashable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import tqdm.auto as tqdm
 from flax import nnx
+from flax.core import tracers as flax_tracers
 
 from nc_jax._src import placement
+from nc_jax._src import report as report_lib
 from nc_jax._src.types import Initializer
 
 LayerFilter = Callable[[str], bool] | Collection[str] | None
@@ -40,158 +61,227 @@ class Geometry:
   """How a weight layer's kernel meets its input.
 
   Attributes:
-    input_axes: the input axes the kernel contracts, non-negative, in order
-      (the last axis for `Dense` and `Conv`; `axis` for `DenseGeneral`).
+    input_axes: for a dense layer, the input axes the kernel contracts,
+      non-negative, in order (the last axis for `Dense`; `axis` for
+      `DenseGeneral`); for a convolution, its spatial and feature axes.
     kernel_in_axes: how many leading kernel axes are contracted (fan_in is
       their product; the rest is fan_out).
     conv: for a convolution, `campaign_init`'s convolution options as the
-      layer applies them (`strides`, `padding`, `kernel_dilation`,
-      `feature_group_count`); None for a dense layer.
+      layer applies them, as sorted `(name, value)` pairs; None for a dense
+      layer.
   """
   input_axes: tuple[int, ...]
   kernel_in_axes: int
-  conv: Mapping[str, Any] | None = None
+  conv: tuple[tuple[str, Hashable], ...] | None = None
+
+  @property
+  def conv_options(self) -> dict[str, Any] | None:
+    return None if self.conv is None else dict(self.conv)
 
 
 @dataclasses.dataclass(frozen=True)
-class Layer:
-  """One weight layer as the walk reaches it, handed to a rule.
+class LayerSpec:
+  """What the plan knows of a weight layer before any work.
 
   Attributes:
     path: the layer's path in the model, "/"-joined (e.g. "Dense_0",
       "blocks/0/linear").
     index: its position among the layers that take part, in call order.
-    inputs: its input on the batch, `(m, ...)`.
-    kernel: its current kernel, in the parameter dtype: `(fan_in, fan_out)`
-      for `Dense`, `(*window, in, features)` for `Conv`, `(*contracted,
-      *features)` for `DenseGeneral`.
-    bias: its current bias, or None.
+    kernel_shape: its kernel's shape: `(fan_in, fan_out)` for `Dense`,
+      `(*window, in, features)` for `Conv`, `(*contracted, *features)` for
+      `DenseGeneral`.
+    input_shape: its input's shape in the plan's pass, batch axis included.
+    geometry: how the kernel meets the input.
     kernel_init: the layer's own kernel initializer, or None where the
       framework does not record it (nnx).
-    outputs: `outputs(kernel)` runs the layer's own call on `inputs` with the
-      given kernel and returns its output.
-    geometry: how the kernel meets the input.
   """
   path: str
   index: int
-  inputs: jax.Array
-  kernel: jax.Array
-  bias: jax.Array | None
-  kernel_init: Initializer | None
-  outputs: Callable[[jax.Array], jax.Array]
+  kernel_shape: tuple[int, ...]
+  input_shape: tuple[int, ...]
   geometry: Geometry
+  kernel_init: Initializer | None
 
   @property
   def flat_shape(self) -> tuple[int, int]:
     """The kernel as a matrix: `(fan_in, fan_out)`."""
     k = self.geometry.kernel_in_axes
-    return (math.prod(self.kernel.shape[:k]), math.prod(self.kernel.shape[k:]))
+    return (math.prod(self.kernel_shape[:k]), math.prod(self.kernel_shape[k:]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  """One weight layer as the compiled walk reaches it, handed to a rule.
+
+  Attributes:
+    spec: what the plan knows of it.
+    inputs: its input on the batch, `(m, ...)` (traced).
+    kernel: its current kernel, in the parameter dtype.
+    bias: its current bias, or None.
+    outputs: `outputs(kernel)` runs the layer's own call on `inputs` with the
+      given kernel and returns its output; traceable inside any transform.
+  """
+  spec: LayerSpec
+  inputs: jax.Array
+  kernel: jax.Array
+  bias: jax.Array | None
+  outputs: Callable[[jax.Array], jax.Array]
 
   def rows(self) -> tuple[jax.Array, int]:
-    """A dense layer's input as `(m, positions, fan_in)` rows and positions:
-    the contracted axes moved last and flattened."""
-    axes = self.geometry.input_axes
-    moved = jnp.moveaxis(self.inputs, axes,
-                         tuple(range(-len(axes), 0)))
-    rows = moved.reshape(moved.shape[0], -1, self.flat_shape[0])
+    """The input as the `(m, positions, fan_in)` rows a dense layer's kernel
+    multiplies, and the positions per example: the contracted axes moved
+    last and flattened (a convolution's: its images, every axis before the
+    spatial ones flattened into the batch)."""
+    axes = self.spec.geometry.input_axes
+    if self.spec.geometry.conv is not None:
+      images = self.inputs.reshape(-1, *self.inputs.shape[axes[0]:])
+      return images, images.shape[0] // self.inputs.shape[0]
+    moved = jnp.moveaxis(self.inputs, axes, tuple(range(-len(axes), 0)))
+    rows = moved.reshape(moved.shape[0], -1, self.spec.flat_shape[0])
     return rows, rows.shape[1]
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """The weight layers a walk will visit, known before the first rule runs."""
-  paths: tuple[str, ...]    # taking part, in call order
-  output: str               # the last weight layer the forward pass calls
+  layers: tuple[LayerSpec, ...]  # taking part, in call order
+  output: str                    # the last weight layer the forward pass calls
+
+  @property
+  def paths(self) -> tuple[str, ...]:
+    return tuple(layer.path for layer in self.layers)
 
 
-Rule = Callable[[Layer], jax.Array]
+class Rule:
+  """A per-layer rule: hashable (it keys the compiled walk), traceable.
+
+  Subclasses are frozen dataclasses; `__call__` runs inside the compiled
+  walk, `refusal` at plan time.
+  """
+
+  def refusal(self, spec: LayerSpec) -> str | None:
+    """Why the rule cannot handle this layer (raised before any work), or
+    None."""
+    del spec
+    return None
+
+  def describe(self, spec: LayerSpec) -> dict[str, Any]:
+    """What the report shows of the layer that is known before the walk."""
+    del spec
+    return {}
+
+  def __call__(self, layer: Layer, key: jax.Array, labels: jax.Array | None
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The layer's new kernel and what the report shows of it."""
+    raise NotImplementedError
+
+
 RuleFactory = Callable[[Plan], Rule]
 
 
-def _plan(calls: Sequence[str], layers: LayerFilter,
-          unsupported: Mapping[str, str]) -> Plan:
-  """Orders the weight layers found, applies the filter, warns on sharing
-  and on the layers the walk leaves as they are."""
-  if unsupported:
-    warnings.warn(
-        "these layers keep their own init (the walk does not handle them): "
-        + "; ".join(f"{path!r} ({why})" for path, why in unsupported.items()),
-        stacklevel=4)
-  if not calls:
+@dataclasses.dataclass(frozen=True)
+class _Found:
+  """What a pass saw of one weight layer call."""
+  path: str
+  kernel_shape: tuple[int, ...]
+  input_shape: tuple[int, ...]
+  geometry: Geometry | str  # a str: why the walk leaves the layer alone
+  kernel_init: Initializer | None
+
+
+def _select(found: Sequence[_Found], layers: LayerFilter) -> tuple[str, ...]:
+  """The paths taking part, by the user's filter."""
+  unique = tuple(dict.fromkeys(f.path for f in found
+                               if not isinstance(f.geometry, str)))
+  if not unique:
     raise ValueError(
         "the model calls no weight layer the walk handles (Dense, "
         "DenseGeneral, Conv; nnx Linear, LinearGeneral, Conv) on `x`, so "
         "there is nothing to do.")
-  unique = tuple(dict.fromkeys(calls))
   if layers is None:
     chosen = unique
   elif callable(layers):
     chosen = tuple(p for p in unique if layers(p))
-  else:
+  elif isinstance(layers, str | Collection):
     if isinstance(layers, str):
       layers = (layers,)
     unknown = sorted(set(layers) - set(unique))
     if unknown:
       raise ValueError(
-          f"`layers` names {unknown}, which the model does not call; its weight "
-          f"layers are {list(unique)}.")
+          f"`layers` names {unknown}, which the model does not call; its "
+          f"weight layers are {list(unique)}.")
     chosen = tuple(p for p in unique if p in layers)
+  else:
+    raise TypeError(
+        "`layers` must be None, a collection of layer paths or a predicate "
+        f"on the path, got {type(layers).__name__}; its weight layers are "
+        f"{list(unique)}.")
   if not chosen:
     raise ValueError(
         f"`layers` selects none of the model's weight layers {list(unique)}.")
+  return chosen
+
+
+def make_plan(found: Sequence[_Found], layers: LayerFilter,
+              lifted: Mapping[str, str], make_rule: RuleFactory
+              ) -> tuple[Plan, Rule]:
+  """Orders the weight layers found, applies the filter, refuses what the
+  walk or the rule cannot do (naming the layers), and warns on sharing and
+  on the layers the walk leaves as they are."""
+  chosen = _select(found, layers)
+  inside = sorted(set(lifted) & set(chosen) | set(lifted) - {
+      f.path for f in found})
+  if inside:
+    raise ValueError(
+        f"layers {inside} are called inside a lifted transform ("
+        + "; ".join(f"{p!r}: {lifted[p]}" for p in inside) + "): the walk "
+        "sees their input only per step of the transform, not as the layer "
+        "multiplies it, so it cannot set them; leave them out with "
+        "`layers=` (they keep their own init) or call the layers without "
+        "the transform.")
+  unsupported = {f.path: f.geometry for f in found
+                 if isinstance(f.geometry, str)}
+  if unsupported:
+    warnings.warn(
+        "these layers keep their own init (the walk does not handle them): "
+        + "; ".join(f"{p!r} ({why})" for p, why in unsupported.items()),
+        stacklevel=4)
+  first = {}
+  for f in found:
+    first.setdefault(f.path, f)
+  specs = tuple(
+      LayerSpec(path=p, index=i, kernel_shape=first[p].kernel_shape,
+                input_shape=first[p].input_shape, geometry=first[p].geometry,
+                kernel_init=first[p].kernel_init)
+      for i, p in enumerate(chosen))
+  calls = [f.path for f in found]
+  output = [p for p in dict.fromkeys(calls) if p not in unsupported][-1]
+  plan = Plan(layers=specs, output=output)
+  rule = make_rule(plan)
+  refused = {s.path: why for s in specs if (why := rule.refusal(s))}
+  if refused:
+    raise ValueError(
+        "the walk refuses these layers before any work: "
+        + "; ".join(f"{p!r}: {why}" for p, why in refused.items())
+        + f". Leave them out with `layers=` (they keep their own init), "
+        f"e.g. layers=lambda path: path not in {sorted(refused)}.")
   for path in chosen:  # a layer left out keeps its init, however shared
     if calls.count(path) > 1:
       warnings.warn(
           f"layer {path!r} is called {calls.count(path)} times with shared"
           " weights; it is set once, on the input of its first call.",
           stacklevel=4)
-  return Plan(paths=chosen, output=unique[-1])
+  return plan, rule
 
 
-class _Walker:
-  """Visits each weight layer once, in call order, and applies the rule."""
-
-  def __init__(self, plan: Plan, rule: Rule, progress: bool, desc: str):
-    self._plan = plan
-    self._rule = rule
-    self._seen: set[str] = set()
-    self._bar = tqdm.tqdm(total=len(plan.paths), desc=desc, unit="layer",
-                          disable=not progress)
-
-  def visit(self, path: str, inputs: jax.Array, kernel: jax.Array,
-            bias: jax.Array | None, kernel_init: Initializer | None,
-            outputs: Callable[[jax.Array], jax.Array],
-            geometry: Geometry) -> jax.Array | None:
-    """Returns the layer's new kernel, or None to leave it as it is."""
-    if path in self._seen or path not in self._plan.paths:
-      return None
-    self._seen.add(path)
-    if not placement.is_concrete(inputs):
-      raise ValueError(
-          f"layer {path!r} is called inside a JAX transformation (jit, "
-          "scan, vmap, remat); the walk needs concrete inputs, so call the "
-          "whole-model functions outside any transformation and use models "
-          "without lifted transforms around weight layers.")
-    self._bar.set_postfix_str(path)
-    kernel = self._rule(Layer(
-        path=path, index=self._plan.paths.index(path), inputs=inputs,
-        kernel=kernel, bias=bias, kernel_init=kernel_init, outputs=outputs,
-        geometry=geometry))
-    self._bar.update()
-    return kernel
-
-  def close(self) -> None:
-    self._bar.close()
-
-
-def _forward_error(x: jax.Array, error: Exception) -> ValueError:
+def _forward_error(x: Any, error: Exception) -> ValueError:
   return ValueError(
       f"the model could not take `x` of shape {tuple(x.shape)} and dtype "
       f"{x.dtype}: {type(error).__name__}: {error}; pass the batch the model's "
       "`__call__` expects.")
 
 
-# linen ------------------------------------------------------------------------
+# Layer kinds ------------------------------------------------------------------
 
 
 def _axes(axis: int | Sequence[int], ndim: int) -> tuple[int, ...]:
@@ -199,18 +289,30 @@ def _axes(axis: int | Sequence[int], ndim: int) -> tuple[int, ...]:
   return tuple(sorted(a % ndim for a in axis))
 
 
-def _conv_options(module: Any) -> dict[str, Any]:
-  return {"strides": module.strides or 1, "padding": module.padding,
-          "kernel_dilation": module.kernel_dilation or 1,
-          "feature_group_count": module.feature_group_count}
+def _per_axis(value: Any, rank: int) -> Hashable:
+  """A flax conv option as a hashable value (None: flax's default 1)."""
+  if value is None:
+    return 1
+  if isinstance(value, str) or not isinstance(value, Sequence):
+    return value
+  return tuple(_per_axis(v, rank) if isinstance(v, Sequence)
+               and not isinstance(v, str) else v for v in value)
 
 
-def _conv_unsupported(module: Any) -> str | None:
-  if module.mask is not None:
+def _conv_geometry(module: Any, kernel_shape: tuple[int, ...],
+                   input_ndim: int) -> Geometry | str:
+  rank = len(kernel_shape) - 2
+  if getattr(module, "mask", None) is not None:
     return "a masked convolution"
-  if (module.input_dilation or 1) not in (1, (1,) * len(module.kernel_size)):
+  if _per_axis(getattr(module, "input_dilation", None), rank) not in (
+      1, (1,) * rank):
     return "input dilation"
-  return None
+  options = {"strides": _per_axis(module.strides, rank),
+             "padding": _per_axis(module.padding, rank),
+             "kernel_dilation": _per_axis(module.kernel_dilation, rank),
+             "feature_group_count": module.feature_group_count}
+  return Geometry(tuple(range(input_ndim - rank - 1, input_ndim)),
+                  len(kernel_shape) - 1, tuple(sorted(options.items())))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +324,10 @@ class _Kinds:
   batch_attr: str  # the general layer's batch-axes attribute
   unsupported: tuple[type, ...]
 
+  @property
+  def all(self) -> tuple[type, ...]:
+    return (self.dense, self.general, self.conv, *self.unsupported)
+
 
 _LINEN = _Kinds(nn.Dense, nn.DenseGeneral, nn.Conv, "batch_dims",
                 (nn.ConvTranspose, nn.ConvLocal, nn.Einsum))
@@ -229,193 +335,562 @@ _NNX = _Kinds(nnx.Linear, nnx.LinearGeneral, nnx.Conv, "batch_axis",
               (nnx.ConvTranspose, nnx.Einsum))
 
 
-def _geometry(kinds: _Kinds, module: Any, inputs: jax.Array
-              ) -> Geometry | str | None:
-  """The layer's geometry; a reason if the walk cannot handle it; None if it
-  is not a weight layer."""
-  last = (inputs.ndim - 1,)
-  if isinstance(module, kinds.dense):
-    return Geometry(last, 1)
+def _geometry(kinds: _Kinds, module: Any, kernel_shape: tuple[int, ...],
+              input_ndim: int) -> Geometry | str:
+  """The layer's geometry, or the reason the walk cannot handle it."""
+  if isinstance(module, kinds.unsupported):
+    return type(module).__name__
+  if isinstance(module, kinds.conv):
+    return _conv_geometry(module, kernel_shape, input_ndim)
   if isinstance(module, kinds.general):
     if getattr(module, kinds.batch_attr):
       return f"{type(module).__name__} with {kinds.batch_attr}"
-    axes = _axes(module.axis, inputs.ndim)
+    axes = _axes(module.axis, input_ndim)
     return Geometry(axes, len(axes))
-  if isinstance(module, kinds.conv):
-    return _conv_unsupported(module) or Geometry(
-        last, inputs.ndim - 1, _conv_options(module))
-  if isinstance(module, kinds.unsupported):
-    return type(module).__name__
+  return Geometry((input_ndim - 1,), 1)
+
+
+@functools.cache
+def _deterministic_position(function: Callable) -> int | None:
+  """Where a call takes `deterministic` among its arguments after `self`,
+  -1 for keyword-only, None if it does not take it."""
+  try:
+    parameters = list(inspect.signature(function).parameters.values())[1:]
+  except (TypeError, ValueError):
+    return None
+  for i, p in enumerate(parameters):
+    if p.name == "deterministic":
+      return -1 if p.kind == p.KEYWORD_ONLY else i
   return None
 
 
-def _linen_interceptor(on_layer: Callable[..., None]) -> nn.module.Interceptor:
-  """Turns dropout off and hands every weight layer's call to `on_layer`
-  first, with its geometry (or the reason it is not handled)."""
+def _deterministic(function: Callable, args: tuple, kwargs: dict
+                   ) -> tuple[tuple, dict]:
+  """`args`, `kwargs` with `deterministic=True` where the call takes it."""
+  at = _deterministic_position(_unbound(function))
+  if at is None:
+    return args, kwargs
+  if 0 <= at < len(args):
+    return (*args[:at], True, *args[at + 1:]), kwargs
+  return args, {**kwargs, "deterministic": True}
 
-  def interceptor(next_fun, args, kwargs, context):
-    module = context.module
-    if context.method_name == "__call__":
-      if isinstance(module, nn.Dropout):  # deterministic dropout is identity
-        return args[0]
-      geometry = _geometry(_LINEN, module, args[0])
-      if geometry is not None:
-        on_layer(module, geometry, next_fun, args, kwargs)
-    return next_fun(*args, **kwargs)
 
-  return interceptor
+def _unbound(function: Callable) -> Callable:
+  """The function behind a method linen's interceptors see bound."""
+  return getattr(function, "func", function)
+
+
+def _is_flax_call(function: Callable) -> bool:
+  """Whether `function` is a flax layer's own `__call__` (not a subclass's)."""
+  return getattr(_unbound(function), "__module__", "").startswith("flax.")
+
+
+def _flax_call(cls: type) -> Callable:
+  """The flax `__call__` a layer class runs: its own, or the flax base's a
+  subclass reaches with `super().__call__`."""
+  for base in cls.__mro__:
+    if "__call__" in vars(base) and _is_flax_call(vars(base)["__call__"]):
+      return vars(base)["__call__"]
+  raise TypeError(f"{cls.__name__} is not a flax layer.")
+
+
+def _observe(call_id: jax.Array, index: int, kernel: jax.Array) -> None:
+  """Tells the host (progress bar, per-layer seconds) when a kernel is ready."""
+  jax.debug.callback(
+      lambda c, k: _Observer.done(int(c), index, k), call_id,
+      jnp.sum(kernel.astype(jnp.float32)))
+
+
+class _Observer:
+  """Progress and per-layer seconds of one eager walk, fed by `_observe`."""
+
+  _live: dict[int, _Observer] = {}
+  _ids = itertools.count()
+
+  def __init__(self, plan: Plan, progress: bool, desc: str):
+    self.plan = plan
+    self.id = next(self._ids) % 2**31
+    self.bar = tqdm.tqdm(total=len(plan.layers), desc=desc, unit="layer",
+                         disable=not progress)
+    self.times: dict[int, float] = {}
+    self.start = time.perf_counter()
+    self._live[self.id] = self
+
+  @classmethod
+  def done(cls, call_id: int, index: int, _: Any) -> None:
+    observer = cls._live.get(call_id)
+    if observer is None or index in observer.times:
+      return
+    observer.times[index] = time.perf_counter()
+    observer.bar.set_postfix_str(observer.plan.layers[index].path)
+    observer.bar.update()
+
+  def seconds(self) -> list[float]:
+    """Per layer, the time from the previous layer's kernel to its own."""
+    jax.effects_barrier()
+    ends = [self.times.get(i, math.nan) for i in range(len(self.plan.layers))]
+    return list(np.diff([self.start, *ends]))
+
+  def close(self) -> None:
+    self._live.pop(self.id, None)
+    self.bar.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Identity:
+  """A static argument keyed by identity, for unhashable models."""
+  value: Any
+
+  def __hash__(self) -> int:
+    return id(self.value)
+
+  def __eq__(self, other: object) -> bool:
+    return isinstance(other, _Identity) and other.value is self.value
+
+
+def _static(value: Any) -> Hashable:
+  try:
+    hash(value)
+  except TypeError:
+    return _Identity(value)
+  return value
+
+
+def _unwrap(value: Hashable) -> Any:
+  return value.value if isinstance(value, _Identity) else value
+
+
+@dataclasses.dataclass(frozen=True)
+class _Kwargs:
+  """`model_kwargs` split into arrays (traced) and the rest (static)."""
+  treedef: Any
+  static: tuple[tuple[int, Hashable], ...]
+
+  @classmethod
+  def split(cls, model_kwargs: Mapping[str, Any] | None
+            ) -> tuple[_Kwargs, list[jax.Array]]:
+    if model_kwargs is None:
+      model_kwargs = {}
+    if not isinstance(model_kwargs, Mapping):
+      raise TypeError(
+          "`model_kwargs` must be a mapping of keyword arguments for the "
+          f"model's `__call__`, e.g. {{'train': False}}, got "
+          f"{model_kwargs!r}.")
+    leaves, treedef = jax.tree.flatten(dict(model_kwargs))
+    arrays = [a for a in leaves if isinstance(a, jax.Array | np.ndarray)]
+    static = tuple((i, _static(a)) for i, a in enumerate(leaves)
+                   if not isinstance(a, jax.Array | np.ndarray))
+    return cls(treedef, static), arrays
+
+  def join(self, arrays: Sequence[jax.Array]) -> dict[str, Any]:
+    leaves, arrays = [], iter(arrays)
+    static = dict(self.static)
+    for i in range(self.treedef.num_leaves):
+      leaves.append(_unwrap(static[i]) if i in static else next(arrays))
+    return jax.tree.unflatten(self.treedef, leaves)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Walk:
+  """Everything static about one walk: the compiled program's key."""
+  model: Hashable
+  plan: Plan
+  rule: Rule
+  kwargs: _Kwargs
+  report: bool   # std of each layer's output before and after
+  observe: bool  # progress and seconds via host callbacks
+
+
+def _std(a: jax.Array) -> jax.Array:
+  return jnp.std(a.astype(jnp.float32))
+
+
+def _visit(walk: _Walk, spec: LayerSpec, layer_outputs: Callable,
+           inputs: jax.Array, kernel: jax.Array, bias: jax.Array | None,
+           key: jax.Array, labels: jax.Array | None, call_id: jax.Array
+           ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Runs the rule on one layer; returns its kernel and report values."""
+  layer = Layer(spec, inputs, kernel, bias, layer_outputs)
+  new, values = walk.rule(layer, key, labels)
+  new = new.astype(kernel.dtype)
+  if walk.report:
+    values = {"std_before": _std(layer_outputs(kernel)), **values}
+  if walk.observe:
+    _observe(call_id, spec.index, new)
+  return new, values
+
+
+# linen ------------------------------------------------------------------------
 
 
 def _linen_path(module: nn.Module) -> str:
   return "/".join(map(str, module.path))
 
 
+def _linen_interceptor(on_layer: Callable[..., Any]) -> nn.module.Interceptor:
+  """Makes every call that takes `deterministic` deterministic and hands
+  every weight layer's flax call to `on_layer`."""
+  state = {"busy": False}
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name != "__call__" or state["busy"]:
+      return next_fun(*args, **kwargs)
+    if getattr(module, "deterministic", None) is not None:
+      object.__setattr__(module, "deterministic", True)  # frozen dataclass
+    else:
+      args, kwargs = _deterministic(context.orig_method, args, kwargs)
+    if not (isinstance(module, _LINEN.all)
+            and _is_flax_call(context.orig_method)):
+      return next_fun(*args, **kwargs)
+    state["busy"] = True
+    try:
+      return on_layer(module, context.orig_method, next_fun, args, kwargs)
+    finally:
+      state["busy"] = False
+
+  return interceptor
+
+
+def _linen_found(module: nn.Module, inputs: jax.Array) -> _Found:
+  kernel = module.variables["params"]["kernel"]
+  kernel = getattr(kernel, "value", kernel)  # boxed (partitioned) params
+  return _Found(_linen_path(module), tuple(kernel.shape),
+                tuple(inputs.shape),
+                _geometry(_LINEN, module, tuple(kernel.shape), inputs.ndim),
+                getattr(module, "kernel_init", None))
+
+
+def _linen_lifted(module: nn.Module, root_trace: Any) -> str | None:
+  if flax_tracers.current_trace() != root_trace:
+    return f"{type(module).__name__} under nn.scan, nn.vmap, nn.remat or nn.jit"
+  return None
+
+
+def _linen_plan(model: nn.Module, init_key: jax.Array, x: jax.Array,
+                variables: Mapping[str, Any] | None, kwargs: dict[str, Any]
+                ) -> tuple[list[_Found], dict[str, str], Any]:
+  """The abstract pass: every weight layer call, and the variables' shapes."""
+  found: list[_Found] = []
+  lifted: dict[str, str] = {}
+
+  def run(init_key, x, variables, kwargs):
+    root = flax_tracers.current_trace()
+
+    def record(module, method, next_fun, args, kwargs_):
+      out = next_fun(*args, **kwargs_)  # makes the params on init
+      why = _linen_lifted(module, root)
+      if why:
+        lifted[_linen_path(module)] = why
+      else:
+        found.append(_linen_found(module, args[0]))
+      return out
+
+    with nn.intercept_methods(_linen_interceptor(record)):
+      if variables is None:
+        return model.init(init_key, x[:2], **kwargs)
+      model.apply(variables, x[:2], mutable=True, **kwargs)
+      return variables
+
+  shapes = jax.eval_shape(run, init_key, x, variables, kwargs)
+  return found, lifted, shapes
+
+
+def _linen_outputs(module: nn.Module, method: Callable, args: tuple,
+                   kwargs: dict) -> Callable[[jax.Array], jax.Array]:
+  """The layer's own flax call on its captured input, with a given kernel,
+  on an unbound copy (usable inside `lax.while_loop`)."""
+  params = dict(module.variables["params"])
+  copy = module.clone(parent=None)
+
+  def outputs(kernel):
+    return copy.apply({"params": {**params, "kernel": kernel}}, *args,
+                      method=_flax_call(type(module)), **kwargs)
+
+  return outputs
+
+
+def _linen_program(walk: _Walk, init_key, rule_key, x, labels, variables,
+                   kwarg_arrays, call_id):
+  model = _unwrap(walk.model)
+  kwargs = walk.kwargs.join(kwarg_arrays)
+  if variables is None:
+    with nn.intercept_methods(_linen_interceptor(
+        lambda module, method, next_fun, args, kw: next_fun(*args, **kw))):
+      variables = model.init(init_key, x[:2], **kwargs)
+  specs = {s.path: s for s in walk.plan.layers}
+  values: dict[str, dict[str, jax.Array]] = {}
+
+  def set_kernel(module, method, next_fun, args, kwargs_):
+    path = _linen_path(module)
+    if path not in specs or path in values:
+      return next_fun(*args, **kwargs_)
+    params = module.variables["params"]
+    new, values[path] = _visit(
+        walk, specs[path], _linen_outputs(module, method, args, kwargs_),
+        args[0], params["kernel"], params.get("bias"), rule_key, labels,
+        call_id)
+    module.put_variable("params", "kernel", new)
+    out = next_fun(*args, **kwargs_)
+    if walk.report:
+      values[path]["std_after"] = _std(out)
+    return out
+
+  with nn.intercept_methods(_linen_interceptor(set_kernel)):
+    _, updated = model.apply(variables, x, mutable=True, **kwargs)
+  return ({**variables, "params": updated["params"]},
+          _in_plan_order(walk.plan, values))
+
+
+_compiled_linen = jax.jit(_linen_program, static_argnames=("walk",))
+
+
+def _in_plan_order(plan: Plan, values: Mapping[str, dict]) -> tuple[dict, ...]:
+  missed = [p for p in plan.paths if p not in values]
+  if missed:
+    raise ValueError(
+        f"layers {missed} were called when the walk planned on two examples "
+        "but not on the whole batch; the model's forward pass must call the "
+        "same layers for any batch size.")
+  return tuple(values[p] for p in plan.paths)
+
+
+def _check_variables(variables: Any, shapes: Any) -> None:
+  """`variables` must hold every collection the model's init makes."""
+  if not isinstance(variables, Mapping):
+    raise TypeError(
+        "`variables` must be the model's variables dict, as `model.init` "
+        f"returns it, got {type(variables).__name__}.")
+  missing = sorted(set(shapes) - set(variables))
+  if missing:
+    raise ValueError(
+        f"`variables` lacks the collections {missing} that the model's init "
+        f"makes (it has {sorted(variables)}); pass the whole variables dict, "
+        "e.g. campaign_linen's result, not only its params.")
+
+
 def walk_linen(model: nn.Module, key: jax.Array, x: jax.Array,
-               make_rule: RuleFactory, *, layers: LayerFilter, progress: bool,
-               desc: str, model_kwargs: Mapping[str, Any] | None,
-               variables: Mapping[str, Any] | None = None) -> dict:
-  """Initializes a linen model with `model.init` (or takes `variables`), then
-  sets its kernels layer by layer with the rule; returns the variables."""
+               labels: jax.Array | None, make_rule: RuleFactory, *,
+               layers: LayerFilter, progress: bool, desc: str,
+               model_kwargs: Mapping[str, Any] | None, report: bool,
+               variables: Mapping[str, Any] | None = None
+               ) -> tuple[dict, report_lib.WalkReport | None]:
+  """Initializes a linen model with `model.init` (or takes `variables`),
+  then sets its kernels layer by layer with the rule, compiled; returns the
+  variables and, if asked, the report."""
   if not isinstance(model, nn.Module):
     raise TypeError(
         f"`model` must be a flax.linen.Module, got {type(model).__name__}; for "
         "flax.nnx models use the `_nnx` function.")
-  model_kwargs = dict(model_kwargs or {})
-  calls: list[str] = []
-  unsupported: dict[str, str] = {}
-
-  def record(module, geometry, *_):
-    if isinstance(geometry, str):
-      unsupported[_linen_path(module)] = geometry
-    else:
-      calls.append(_linen_path(module))
-
+  init_key, rule_key = jax.random.split(key)
+  kwargs_static, kwarg_arrays = _Kwargs.split(model_kwargs)
+  kwargs = kwargs_static.join(kwarg_arrays)
   try:
-    with nn.intercept_methods(_linen_interceptor(record)):
-      if variables is None:
-        variables = model.init(key, x[:2], **model_kwargs)  # shapes only
-      else:
-        variables = dict(variables)
-        model.apply(variables, x[:2], mutable=True, **model_kwargs)
+    found, lifted, shapes = _linen_plan(model, init_key, x, variables, kwargs)
   except Exception as error:  # the model's own error, re-raised with context
     raise _forward_error(x, error) from error
-  plan = _plan(calls, layers, unsupported)
-  walker = _Walker(plan, make_rule(plan), progress, desc)
+  if variables is not None:
+    _check_variables(variables, shapes)
+    variables = dict(variables)
+  plan, rule = make_plan(found, layers, lifted, make_rule)
+  walk = _Walk(_static(model), plan, rule, kwargs_static, report,
+               observe=(progress or report) and placement.is_concrete(x))
+  return _run(walk, _compiled_linen, desc, progress, init_key, rule_key, x,
+              labels, variables, kwarg_arrays)
 
-  def set_kernel(module, geometry, next_fun, args, kwargs):
-    if isinstance(geometry, str):
-      return
-    params = dict(module.variables["params"])
 
-    def outputs(kernel):  # the layer's own call, on an unbound copy
-      return module.clone(parent=None).apply(
-          {"params": {**params, "kernel": kernel}}, *args, **kwargs)
-
-    new = walker.visit(_linen_path(module), args[0], params["kernel"],
-                       params.get("bias"), module.kernel_init, outputs,
-                       geometry)
-    if new is not None:
-      module.put_variable("params", "kernel", new)
-
+def _run(walk: _Walk, program: Callable, desc: str, progress: bool,
+         *args: Any) -> tuple[Any, report_lib.WalkReport | None]:
+  """Runs the compiled walk, with a progress bar and seconds when eager."""
+  observer = _Observer(walk.plan, progress, desc) if walk.observe else None
   try:
-    with nn.intercept_methods(_linen_interceptor(set_kernel)):
-      _, updated = model.apply(variables, x, mutable=True, **model_kwargs)
+    out, values = program(walk, *args,
+                          jnp.int32(observer.id if observer else 0))
+    seconds = observer.seconds() if observer else None
   finally:
-    walker.close()
-  return {**variables, "params": updated["params"]}
+    if observer:
+      observer.close()
+  made = report_lib.WalkReport.build(walk.plan, walk.rule, values, seconds)
+  made.check()
+  return out, made if walk.report else None
 
 
 # nnx --------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _wrapped_calls(types: Collection[type],
-                   wrap: Callable[[Callable], Callable]) -> Iterator[None]:
+def _nnx_bases(types: Collection[type]) -> set[type]:
+  """The flax classes whose `__call__` the given layer types run."""
+  return {base for cls in types for base in cls.__mro__
+          if vars(base).get("__call__") is _flax_call(cls)}
+
+
+def _wrapped(types: Collection[type], wrap: Callable[[Callable], Callable]):
   """Wraps `__call__` of each type for the duration of the block."""
-  originals = {cls: (cls.__call__, vars(cls).get("__call__")) for cls in types}
-  try:
-    for cls, (resolved, _) in originals.items():
-      cls.__call__ = wrap(resolved)
-    yield
-  finally:
-    for cls, (_, own) in originals.items():
-      if own is None:
-        del cls.__call__
-      else:
-        cls.__call__ = own
+  originals = {cls: vars(cls)["__call__"] for cls in types}
+
+  class _Block:
+    def __enter__(self):
+      for cls, call in originals.items():
+        cls.__call__ = wrap(call)
+
+    def __exit__(self, *_):
+      for cls, call in originals.items():
+        cls.__call__ = call
+
+  return _Block()
 
 
-_NNX_LAYERS = (_NNX.dense, _NNX.general, _NNX.conv, *_NNX.unsupported)
+def _nnx_pass(view: nnx.Module, x: jax.Array, on_layer: Callable[..., Any],
+              on_copy: Callable[[Any], None], kwargs: Mapping[str, Any]) -> None:
+  """One forward pass of `view`, deterministic, handing each weight layer's
+  flax call to `on_layer` (and a call of a layer not in the graph, a
+  lifted transform's copy, to `on_copy`)."""
+  modules = [(path, module) for path, module in nnx.iter_modules(view)]
+  paths = {id(module): "/".join(map(str, path)) for path, module in modules
+           if isinstance(module, _NNX.all)}
+  layer_bases = _nnx_bases({type(m) for _, m in modules
+                            if isinstance(m, _NNX.all)})
+  stochastic = {base for cls in {type(m) for _, m in modules}
+                for base in cls.__mro__ if "__call__" in vars(base)
+                and _deterministic_position(vars(base)["__call__"]) is not None}
 
+  busy = {"on": False}
 
-def _nnx_pass(view: nnx.Module, x: jax.Array, on_layer: Callable[..., None],
-              model_kwargs: Mapping[str, Any]) -> None:
-  """One forward pass of `view`, handing each weight layer's call to
-  `on_layer` with its geometry (or the reason it is not handled)."""
-  found = [(path, module) for path, module in nnx.iter_modules(view)
-           if isinstance(module, _NNX_LAYERS)]
-  paths = {id(module): "/".join(map(str, path)) for path, module in found}
-  types = {type(module) for _, module in found}
-
-  def wrap(call):
-    def wrapped(self, *args, **kwargs):
-      if id(self) in paths:
-        geometry = _geometry(_NNX, self, args[0])
-        if geometry is not None:
-          on_layer(paths[id(self)], self, geometry, call, args, kwargs)
-      return call(self, *args, **kwargs)
+  def wrap_layer(call):
+    def wrapped(self, *args, **kwargs_):
+      args, kwargs_ = _deterministic(call, args, kwargs_)
+      if busy["on"] or not isinstance(self, _NNX.all):
+        return call(self, *args, **kwargs_)
+      if id(self) not in paths:
+        on_copy(self)
+        return call(self, *args, **kwargs_)
+      busy["on"] = True
+      try:
+        return on_layer(paths[id(self)], self, call, args, kwargs_)
+      finally:
+        busy["on"] = False
     return wrapped
 
-  with _wrapped_calls(types, wrap):
-    view(x, **model_kwargs)
+  def wrap_stochastic(call):
+    def wrapped(self, *args, **kwargs_):
+      args, kwargs_ = _deterministic(call, args, kwargs_)
+      return call(self, *args, **kwargs_)
+    return wrapped
+
+  with _wrapped(layer_bases, wrap_layer), _wrapped(
+      stochastic - layer_bases, wrap_stochastic):
+    view(x, **kwargs)
 
 
-def walk_nnx(model: nnx.Module, x: jax.Array, make_rule: RuleFactory, *,
+def _nnx_view(model: nnx.Module) -> nnx.Module:
+  return nnx.view(model, deterministic=True, raise_if_not_found=False)
+
+
+def _nnx_kernel_shape(module: Any) -> tuple[int, ...]:
+  return tuple(module.kernel.get_value().shape)
+
+
+def _nnx_found(path: str, module: Any, inputs: jax.Array) -> _Found:
+  shape = _nnx_kernel_shape(module)
+  return _Found(path, shape, tuple(inputs.shape),
+                _geometry(_NNX, module, shape, inputs.ndim), None)
+
+
+def _nnx_plan(graphdef: Any, state: Any, x: jax.Array,
+              kwargs: dict[str, Any]) -> tuple[list[_Found], dict[str, str]]:
+  found: list[_Found] = []
+  copies: list[str] = []
+
+  def run(state, x, kwargs):
+    view = _nnx_view(nnx.merge(graphdef, state))
+
+    def record(path, module, call, args, kwargs_):
+      found.append(_nnx_found(path, module, args[0]))
+      return call(module, *args, **kwargs_)
+
+    def copy(module):
+      copies.append(f"{type(module).__name__} with kernel "
+                    f"{_nnx_kernel_shape(module)}")
+
+    _nnx_pass(view, x[:2], record, copy, kwargs)
+
+  jax.eval_shape(run, state, x, kwargs)
+  lifted = {}
+  if copies:  # the graph's layers the pass never called directly
+    called = {f.path for f in found}
+    model = nnx.merge(graphdef, state)
+    for path, module in nnx.iter_modules(model):
+      name = "/".join(map(str, path))
+      if isinstance(module, _NNX.all) and name not in called:
+        lifted[name] = (f"called as copies ({', '.join(sorted(set(copies)))})"
+                        " by nnx.scan, nnx.vmap, nnx.remat or nnx.jit")
+  return found, lifted
+
+
+def _nnx_outputs(module: nnx.Module, call: Callable, args: tuple,
+                 kwargs: dict) -> Callable[[jax.Array], jax.Array]:
+  """The layer's own flax call on its captured input with a given kernel, on
+  a fresh copy (usable inside `lax.while_loop`)."""
+  graphdef, state = nnx.split(module)
+
+  def outputs(kernel):  # new Variables, made in the caller's trace
+    copy = nnx.merge(graphdef, jax.tree.map(lambda a: a, state))
+    copy.kernel.set_value(kernel)
+    return call(copy, *args, **kwargs)
+
+  return outputs
+
+
+def _nnx_program(walk: _Walk, state, rule_key, x, labels, kwarg_arrays,
+                 call_id):
+  graphdef = _unwrap(walk.model)
+  kwargs = walk.kwargs.join(kwarg_arrays)
+  view = _nnx_view(nnx.merge(graphdef, state))
+  specs = {s.path: s for s in walk.plan.layers}
+  values: dict[str, dict[str, jax.Array]] = {}
+
+  def set_kernel(path, module, call, args, kwargs_):
+    if path not in specs or path in values:
+      return call(module, *args, **kwargs_)
+    bias = None if module.bias is None else module.bias.get_value()
+    new, values[path] = _visit(
+        walk, specs[path], _nnx_outputs(module, call, args, kwargs_), args[0],
+        module.kernel.get_value(), bias, rule_key, labels, call_id)
+    module.kernel.set_value(new)
+    out = call(module, *args, **kwargs_)
+    if walk.report:
+      values[path]["std_after"] = _std(out)
+    return out
+
+  _nnx_pass(view, x, set_kernel, lambda module: None, kwargs)
+  return nnx.state(view, nnx.Param), _in_plan_order(walk.plan, values)
+
+
+_compiled_nnx = jax.jit(_nnx_program, static_argnames=("walk",))
+
+
+def walk_nnx(model: nnx.Module, key: jax.Array, x: jax.Array,
+             labels: jax.Array | None, make_rule: RuleFactory, *,
              layers: LayerFilter, progress: bool, desc: str,
-             model_kwargs: Mapping[str, Any] | None) -> None:
-  """Sets an nnx model's kernels layer by layer with the rule, in place."""
+             model_kwargs: Mapping[str, Any] | None, report: bool
+             ) -> report_lib.WalkReport | None:
+  """Sets an nnx model's kernels layer by layer with the rule, compiled, in
+  place; returns the report if asked."""
   if not isinstance(model, nnx.Module):
     raise TypeError(
         f"`model` must be a flax.nnx.Module, got {type(model).__name__}; for "
         "flax.linen models use the `_linen` function.")
-  model_kwargs = dict(model_kwargs or {})
-  # The pass must leave batch statistics and RNG counts as they were.
-  saved = nnx.clone(nnx.state(model, nnx.Not(nnx.Param)))
-  view = nnx.view(model, only=nnx.Dropout, deterministic=True,
-                  raise_if_not_found=False)
-  calls: list[str] = []
-  unsupported: dict[str, str] = {}
-
-  def record(path, module, geometry, *_):
-    if isinstance(geometry, str):
-      unsupported[path] = geometry
-    else:
-      calls.append(path)
-
+  kwargs_static, kwarg_arrays = _Kwargs.split(model_kwargs)
+  graphdef, state = nnx.split(model)
   try:
-    _nnx_pass(view, x[:2], record, model_kwargs)
+    found, lifted = _nnx_plan(graphdef, state, x,
+                              kwargs_static.join(kwarg_arrays))
   except Exception as error:  # the model's own error, re-raised with context
     raise _forward_error(x, error) from error
-  finally:
-    nnx.update(model, saved)
-  plan = _plan(calls, layers, unsupported)
-  walker = _Walker(plan, make_rule(plan), progress, desc)
-
-  def set_kernel(path, module, geometry, call, args, kwargs):
-    if isinstance(geometry, str):
-      return
-
-    def outputs(kernel):
-      module.kernel.set_value(kernel)
-      return call(module, *args, **kwargs)
-
-    kernel = module.kernel.get_value()
-    bias = None if module.bias is None else module.bias.get_value()
-    new = walker.visit(path, args[0], kernel, bias, None, outputs, geometry)
-    module.kernel.set_value(kernel if new is None else new)
-
-  try:
-    _nnx_pass(view, x, set_kernel, model_kwargs)
-  finally:
-    walker.close()
-    nnx.update(model, saved)
+  plan, rule = make_plan(found, layers, lifted, make_rule)
+  walk = _Walk(_static(graphdef), plan, rule, kwargs_static, report,
+               observe=(progress or report) and placement.is_concrete(x))
+  params, made = _run(walk, _compiled_nnx, desc, progress, state, key, x,
+                      labels, kwarg_arrays)
+  nnx.update(model, params)
+  return made
