@@ -109,6 +109,10 @@ def _check_num_candidates(num_candidates: Any, fan_out: int) -> None:
         f"{CANDIDATES_PER_NEURON} * fan_out.")
 
 
+# The platforms `default_chunk_size` knows; jax names GPUs "gpu".
+_PLATFORMS = ("cpu", "gpu", "tpu")
+
+
 def default_chunk_size(m: int, num_candidates: int, *, positions: int = 1,
                        platform: str | None = None) -> int | None:
   """The rows a campaign scores at a time when `chunk_size=None`.
@@ -125,7 +129,7 @@ def default_chunk_size(m: int, num_candidates: int, *, positions: int = 1,
       5 * fan_out).
     positions: samples per row: a convolution's output positions per image,
       1 for a dense layer.
-    platform: where the batch lives, "cpu", "gpu" or "tpu"; None:
+    platform: where the batch lives, "cpu", "gpu" or "tpu" (any case); None:
       `jax.default_backend()`.
 
   Returns:
@@ -133,7 +137,8 @@ def default_chunk_size(m: int, num_candidates: int, *, positions: int = 1,
     the whole batch at once.
 
   Raises:
-    ValueError: for an argument that is not a positive int.
+    ValueError: for an argument that is not a positive int, or an unknown
+      platform.
     TypeError: for a `platform` that is not a string.
 
   Examples:
@@ -156,6 +161,11 @@ def default_chunk_size(m: int, num_candidates: int, *, positions: int = 1,
     raise TypeError(
         f"`platform` must be a string such as 'cpu', 'gpu' or 'tpu', or None "
         f"for jax.default_backend(), got {platform!r}.")
+  elif platform.lower() not in _PLATFORMS:
+    raise ValueError(
+        f"`platform` must be one of {_PLATFORMS} (any case), or None for "
+        f"jax.default_backend(), got {platform!r}.")
+  platform = platform.lower()
   return placement.auto_chunk_size(None, m, num_candidates, platform,
                                    positions)
 
@@ -464,9 +474,8 @@ def campaign_init(
   validation.check_positive_int(num_candidates, "num_candidates",
                                 allow_none=True)
   validation.check_callables(base_init=base_init, activation=activation)
-  convolution = dict(strides=strides, padding=padding,
-                     kernel_dilation=kernel_dilation,
-                     feature_group_count=feature_group_count)
+  convolution = conv.check_options(strides, padding, kernel_dilation,
+                                   feature_group_count)
 
   def init(key: jax.Array, shape: tuple[int, ...],
            dtype: DTypeLike = jnp.float32) -> jax.Array:

@@ -15,7 +15,7 @@ import dataclasses
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Union
+from typing import Any, Union
 
 import jax
 import jax.numpy as jnp
@@ -61,15 +61,26 @@ class ConvSpec:
 
 def _per_axis(value: int | Sequence[int], rank: int, name: str
               ) -> tuple[int, ...]:
-  values = (value,) * rank if isinstance(value, numbers.Integral) else tuple(
-      value)
-  if len(values) != rank or not all(
+  if isinstance(value, numbers.Integral):
+    values = (value,) * rank
+  elif isinstance(value, Sequence) and not isinstance(value, str):
+    values = tuple(value)
+  else:
+    values = None
+  if values is None or len(values) != rank or not all(
       isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
       for v in values):
+    per_axis = (f"{rank} of them (one per spatial axis of the {rank}-D "
+                "convolution)" if rank > 0 else "one per spatial axis")
     raise ValueError(
-        f"`{name}` must be a positive int or {rank} of them (one per spatial "
-        f"axis of the {rank}-D convolution), got {value!r}.")
+        f"`{name}` must be a positive int or {per_axis}, got {value!r}.")
   return tuple(int(v) for v in values)
+
+
+def _pad(value: object) -> int:
+  if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+    raise TypeError(value)
+  return int(value)
 
 
 def _padding(padding: Padding, rank: int) -> str | tuple[tuple[int, int], ...]:
@@ -85,14 +96,41 @@ def _padding(padding: Padding, rank: int) -> str | tuple[tuple[int, int], ...]:
     padding = (padding,) * rank
   try:
     pads = tuple((int(p), int(p)) if isinstance(p, numbers.Integral)
-                 else tuple(int(v) for v in p) for p in padding)
-  except TypeError:
+                 else tuple(_pad(v) for v in p) for p in padding)
+  except (TypeError, ValueError):
     pads = ()
   if len(pads) != rank or any(len(p) != 2 or min(p) < 0 for p in pads):
     raise ValueError(
         f"`padding` must be 'SAME', 'VALID', an int, or {rank} non-negative "
         f"ints or (low, high) pairs, got {padding!r}.")
   return pads
+
+
+def check_options(strides: Any, padding: Any, kernel_dilation: Any,
+                  feature_group_count: Any) -> dict[str, Any]:
+  """Checks convolution options before any kernel is known, as flax takes
+  them (`None` strides or dilation: 1); returns them with `None` replaced.
+
+  Raises:
+    ValueError: naming the option, the value and the fix.
+  """
+  options = {"strides": 1 if strides is None else strides,
+             "kernel_dilation": 1 if kernel_dilation is None else kernel_dilation}
+  for name, value in options.items():
+    rank = (1 if isinstance(value, numbers.Integral)
+            else len(value) if isinstance(value, Sequence)
+            and not isinstance(value, str) else 0)
+    _per_axis(value, max(rank, 1) if rank else -1, name)
+  rank = (len(padding) if isinstance(padding, Sequence)
+          and not isinstance(padding, str) else 1)
+  _padding(padding, rank)
+  if (not isinstance(feature_group_count, numbers.Integral)
+      or isinstance(feature_group_count, bool) or feature_group_count < 1):
+    raise ValueError(
+        f"`feature_group_count` must be a positive int, got "
+        f"{feature_group_count!r}.")
+  return {**options, "padding": padding,
+          "feature_group_count": feature_group_count}
 
 
 def conv_spec(batch_shape: tuple[int, ...], kernel_shape: tuple[int, ...], *,
@@ -133,8 +171,10 @@ def conv_spec(batch_shape: tuple[int, ...], kernel_shape: tuple[int, ...], *,
   spec = ConvSpec(_per_axis(strides, rank, "strides"), _padding(padding, rank),
                   _per_axis(kernel_dilation, rank, "kernel_dilation"))
   if spec.positions(batch_shape, kernel_shape) < 1:
+    window = tuple((k - 1) * d + 1
+                   for k, d in zip(kernel_shape[:-2], spec.dilation))
     raise ValueError(
-        f"the dilated {kernel_shape[:-2]} window is larger than the padded "
+        f"the {window} window (dilated) is larger than the padded "
         f"input {batch_shape[1:-1]} (padding {spec.padding!r}), so the "
         "convolution has no output; pad more or use a smaller window.")
   return spec

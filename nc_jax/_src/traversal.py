@@ -189,10 +189,8 @@ class _Found:
   kernel_init: Initializer | None
 
 
-def _select(found: Sequence[_Found], layers: LayerFilter) -> tuple[str, ...]:
+def _select(unique: tuple[str, ...], layers: LayerFilter) -> tuple[str, ...]:
   """The paths taking part, by the user's filter."""
-  unique = tuple(dict.fromkeys(f.path for f in found
-                               if not isinstance(f.geometry, str)))
   if not unique:
     raise ValueError(
         "the model calls no weight layer the walk handles (Dense, "
@@ -228,9 +226,10 @@ def make_plan(found: Sequence[_Found], layers: LayerFilter,
   """Orders the weight layers found, applies the filter, refuses what the
   walk or the rule cannot do (naming the layers), and warns on sharing and
   on the layers the walk leaves as they are."""
-  chosen = _select(found, layers)
-  inside = sorted(set(lifted) & set(chosen) | set(lifted) - {
-      f.path for f in found})
+  chosen = _select(tuple(dict.fromkeys(
+      [f.path for f in found if not isinstance(f.geometry, str)]
+      + list(lifted))), layers)
+  inside = [p for p in chosen if p in lifted]
   if inside:
     raise ValueError(
         f"layers {inside} are called inside a lifted transform ("
@@ -569,12 +568,13 @@ def _linen_lifted(module: nn.Module, root_trace: Any) -> str | None:
 
 def _linen_plan(model: nn.Module, init_key: jax.Array, x: jax.Array,
                 variables: Mapping[str, Any] | None, kwargs: dict[str, Any]
-                ) -> tuple[list[_Found], dict[str, str], Any]:
-  """The abstract pass: every weight layer call, and the variables' shapes."""
+                ) -> tuple[list[_Found], dict[str, str]]:
+  """The abstract pass: every weight layer call, and those inside lifted
+  transforms."""
   found: list[_Found] = []
   lifted: dict[str, str] = {}
 
-  def run(init_key, x, variables, kwargs):
+  def run(init_key, x, variables):
     root = flax_tracers.current_trace()
 
     def record(module, method, next_fun, args, kwargs_):
@@ -588,12 +588,12 @@ def _linen_plan(model: nn.Module, init_key: jax.Array, x: jax.Array,
 
     with nn.intercept_methods(_linen_interceptor(record)):
       if variables is None:
-        return model.init(init_key, x[:2], **kwargs)
-      model.apply(variables, x[:2], mutable=True, **kwargs)
-      return variables
+        model.init(init_key, x[:2], **kwargs)
+      else:
+        model.apply(variables, x[:2], mutable=True, **kwargs)
 
-  shapes = jax.eval_shape(run, init_key, x, variables, kwargs)
-  return found, lifted, shapes
+  jax.eval_shape(run, init_key, x, variables)
+  return found, lifted
 
 
 def _linen_outputs(module: nn.Module, method: Callable, args: tuple,
@@ -610,14 +610,13 @@ def _linen_outputs(module: nn.Module, method: Callable, args: tuple,
   return outputs
 
 
-def _linen_program(walk: _Walk, init_key, rule_key, x, labels, variables,
-                   kwarg_arrays, call_id):
+def _linen_program(walk: _Walk, key, x, labels, variables, kwarg_arrays,
+                   call_id):
+  init_key, rule_key = jax.random.split(key)
   model = _unwrap(walk.model)
   kwargs = walk.kwargs.join(kwarg_arrays)
   if variables is None:
-    with nn.intercept_methods(_linen_interceptor(
-        lambda module, method, next_fun, args, kw: next_fun(*args, **kw))):
-      variables = model.init(init_key, x[:2], **kwargs)
+    variables = _linen_init(model, init_key, x, kwargs)
   specs = {s.path: s for s in walk.plan.layers}
   values: dict[str, dict[str, jax.Array]] = {}
 
@@ -655,18 +654,43 @@ def _in_plan_order(plan: Plan, values: Mapping[str, dict]) -> tuple[dict, ...]:
   return tuple(values[p] for p in plan.paths)
 
 
-def _check_variables(variables: Any, shapes: Any) -> None:
-  """`variables` must hold every collection the model's init makes."""
+def _check_variables(variables: Any, expected: Any) -> dict[str, Any]:
+  """`variables` must be the model's: every collection its init makes, with
+  the shapes it makes them."""
   if not isinstance(variables, Mapping):
     raise TypeError(
         "`variables` must be the model's variables dict, as `model.init` "
         f"returns it, got {type(variables).__name__}.")
-  missing = sorted(set(shapes) - set(variables))
+  missing = sorted(set(expected) - set(variables))
   if missing:
     raise ValueError(
         f"`variables` lacks the collections {missing} that the model's init "
         f"makes (it has {sorted(variables)}); pass the whole variables dict, "
         "e.g. campaign_linen's result, not only its params.")
+  given = dict(jax.tree_util.tree_leaves_with_path(
+      {k: variables[k] for k in expected}))
+  for path, leaf in jax.tree_util.tree_leaves_with_path(expected):
+    have = given.get(path)
+    if have is None or tuple(np.shape(have)) != tuple(leaf.shape):
+      where = jax.tree_util.keystr(path)
+      raise ValueError(
+          f"`variables{where}` has shape "
+          f"{None if have is None else tuple(np.shape(have))} but the "
+          f"model's init on `x` makes {tuple(leaf.shape)}; pass this "
+          "model's variables, for a batch shaped like `x`.")
+  return dict(variables)
+
+
+def _pass_through(module, method, next_fun, args, kwargs):
+  del module, method
+  return next_fun(*args, **kwargs)
+
+
+def _linen_init(model: nn.Module, init_key: jax.Array, x: jax.Array,
+                kwargs: Mapping[str, Any]) -> Any:
+  """`model.init` on two examples (shapes only), deterministically."""
+  with nn.intercept_methods(_linen_interceptor(_pass_through)):
+    return model.init(init_key, x[:2], **kwargs)
 
 
 def walk_linen(model: nn.Module, key: jax.Array, x: jax.Array,
@@ -682,21 +706,25 @@ def walk_linen(model: nn.Module, key: jax.Array, x: jax.Array,
     raise TypeError(
         f"`model` must be a flax.linen.Module, got {type(model).__name__}; for "
         "flax.nnx models use the `_nnx` function.")
-  init_key, rule_key = jax.random.split(key)
+  init_key = key  # the plan's passes are abstract: any key of its type
   kwargs_static, kwarg_arrays = _Kwargs.split(model_kwargs)
   kwargs = kwargs_static.join(kwarg_arrays)
+  if variables is not None:
+    try:
+      expected = jax.eval_shape(
+          lambda k, x: _linen_init(model, k, x, kwargs), init_key, x)
+    except Exception as error:  # the model's own error, re-raised
+      raise _forward_error(x, error) from error
+    variables = _check_variables(variables, expected)
   try:
-    found, lifted, shapes = _linen_plan(model, init_key, x, variables, kwargs)
+    found, lifted = _linen_plan(model, init_key, x, variables, kwargs)
   except Exception as error:  # the model's own error, re-raised with context
     raise _forward_error(x, error) from error
-  if variables is not None:
-    _check_variables(variables, shapes)
-    variables = dict(variables)
   plan, rule = make_plan(found, layers, lifted, make_rule)
   walk = _Walk(_static(model), plan, rule, kwargs_static, report,
                observe=(progress or report) and placement.is_concrete(x))
-  return _run(walk, _compiled_linen, desc, progress, init_key, rule_key, x,
-              labels, variables, kwarg_arrays)
+  return _run(walk, _compiled_linen, desc, progress, key, x, labels,
+              variables, kwarg_arrays)
 
 
 def _run(walk: _Walk, program: Callable, desc: str, progress: bool,
@@ -801,7 +829,7 @@ def _nnx_plan(graphdef: Any, state: Any, x: jax.Array,
   found: list[_Found] = []
   copies: list[str] = []
 
-  def run(state, x, kwargs):
+  def run(state, x):
     view = _nnx_view(nnx.merge(graphdef, state))
 
     def record(path, module, call, args, kwargs_):
@@ -814,7 +842,7 @@ def _nnx_plan(graphdef: Any, state: Any, x: jax.Array,
 
     _nnx_pass(view, x[:2], record, copy, kwargs)
 
-  jax.eval_shape(run, state, x, kwargs)
+  jax.eval_shape(run, state, x)
   lifted = {}
   if copies:  # the graph's layers the pass never called directly
     called = {f.path for f in found}
