@@ -57,9 +57,12 @@ SCRIPT = textwrap.dedent("""
     model = nn.Sequential([nn.Dense(64), nn.relu, nn.Dense(32), nn.relu,
                            nn.Dense(10)])
     want = nc_jax.campaign_linen(model, key, x, y, progress=False)
-    seen, find = [], placement.placement
-    placement.placement = lambda *a: seen.append(find(*a)[3]) or find(*a)
+    seen, elect = [], campaign.score_and_elect
+    campaign.score_and_elect = (
+        lambda checked, *a, **k: seen.append(checked.row_sharding)
+        or elect(checked, *a, **k))
     got = nc_jax.campaign_linen(model, key, xs, y, progress=False)
+    campaign.score_and_elect = elect
     assert seen == [(mesh, "data")] * 3, seen
     jax.tree.map(np.testing.assert_array_equal, want, got)
 

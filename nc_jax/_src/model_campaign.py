@@ -172,8 +172,11 @@ class _CampaignRule(traversal.Rule):
     if labels is not None and positions > 1:  # each with its example's label
       labels = jnp.repeat(labels, positions)
     bias, constant = _scalar_bias(layer.bias)
+    checked = campaign.checked_batch(rows, labels, self.num_classes)
+    if layer.row_sharding is not None:  # scored where the rows lie
+      checked = checked._replace(row_sharding=layer.row_sharding)
     elected = campaign.score_and_elect(
-        campaign.checked_batch(rows, labels, self.num_classes), key, shape,
+        checked, key, shape,
         dtype, num_candidates, alpha=jnp.float32(self.alphas[spec.index]),
         bias=bias, base_init=draw_from,
         activation=self.activations[spec.index],

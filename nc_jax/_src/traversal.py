@@ -120,12 +120,15 @@ class Layer:
     bias: its current bias, or None.
     outputs: `outputs(kernel)` runs the layer's own call on `inputs` with the
       given kernel and returns its output; traceable inside any transform.
+    row_sharding: `(mesh, axes)` when the walk's batch is split along its
+      rows over several devices (its layers' inputs are too), else None.
   """
   spec: LayerSpec
   inputs: jax.Array
   kernel: jax.Array
   bias: jax.Array | None
   outputs: Callable[[jax.Array], jax.Array]
+  row_sharding: placement.RowSharding | None = None
 
   def rows(self) -> tuple[jax.Array, int]:
     """The input as the `(m, positions, fan_in)` rows a dense layer's kernel
@@ -498,6 +501,14 @@ class _Walk:
   kwargs: _Kwargs
   report: bool   # std of each layer's output before and after
   observe: bool  # progress and seconds via host callbacks
+  row_sharding: placement.RowSharding | None  # the batch's, if split by rows
+
+
+def _row_sharding(x: jax.Array) -> placement.RowSharding | None:
+  """The batch's `(mesh, axes)` if it is concrete and split along its rows:
+  every layer's rows are then scored where they lie (one all-reduce of the
+  class sums each)."""
+  return placement.placement(x, None)[3]
 
 
 def _std(a: jax.Array) -> jax.Array:
@@ -509,7 +520,7 @@ def _visit(walk: _Walk, spec: LayerSpec, layer_outputs: Callable,
            key: jax.Array, labels: jax.Array | None, call_id: jax.Array
            ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Runs the rule on one layer; returns its kernel and report values."""
-  layer = Layer(spec, inputs, kernel, bias, layer_outputs)
+  layer = Layer(spec, inputs, kernel, bias, layer_outputs, walk.row_sharding)
   new, values = walk.rule(layer, key, labels)
   new = new.astype(kernel.dtype)
   if walk.report:
@@ -722,7 +733,8 @@ def walk_linen(model: nn.Module, key: jax.Array, x: jax.Array,
     raise _forward_error(x, error) from error
   plan, rule = make_plan(found, layers, lifted, make_rule)
   walk = _Walk(_static(model), plan, rule, kwargs_static, report,
-               observe=(progress or report) and placement.is_concrete(x))
+               observe=(progress or report) and placement.is_concrete(x),
+               row_sharding=_row_sharding(x))
   return _run(walk, _compiled_linen, desc, progress, key, x, labels,
               variables, kwarg_arrays)
 
@@ -917,7 +929,8 @@ def walk_nnx(model: nnx.Module, key: jax.Array, x: jax.Array,
     raise _forward_error(x, error) from error
   plan, rule = make_plan(found, layers, lifted, make_rule)
   walk = _Walk(_static(graphdef), plan, rule, kwargs_static, report,
-               observe=(progress or report) and placement.is_concrete(x))
+               observe=(progress or report) and placement.is_concrete(x),
+               row_sharding=_row_sharding(x))
   params, made = _run(walk, _compiled_nnx, desc, progress, state, key, x,
                       labels, kwarg_arrays)
   nnx.update(model, params)
