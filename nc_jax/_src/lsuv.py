@@ -40,22 +40,25 @@ class _LsuvRule(traversal.Rule):
     else:
       kernel = layer.kernel
 
-    def variance(k):
-      return jnp.var(layer.outputs(k).astype(jnp.float32))
+    def measured(k):  # the output with kernel k, and its variance
+      z = layer.outputs(k)
+      return z, jnp.var(z.astype(jnp.float32))
 
     def settled(v):  # within tol, or dead: a kernel that cannot be scaled
       return (jnp.abs(v - 1.0) < self.tol) | ~jnp.isfinite(v) | (v == 0.0)
 
     def rescale(carry):
-      k, v, i = carry
+      k, _, v, i = carry
       k = (k / jnp.sqrt(v).astype(dtype)).astype(dtype)
-      return k, variance(k), i + 1
+      return k, *measured(k), i + 1
 
-    kernel, v, iterations = jax.lax.while_loop(
-        lambda c: (c[2] < self.max_iters) & ~settled(c[1]), rescale,
-        (kernel, variance(kernel), jnp.int32(0)))
+    # The output of the last kernel is the forward pass's: it goes on with it.
+    kernel, output, v, iterations = jax.lax.while_loop(
+        lambda c: (c[3] < self.max_iters) & ~settled(c[2]), rescale,
+        (kernel, *measured(kernel), jnp.int32(0)))
     return kernel, {"lsuv_iterations": iterations,
-                    "converged": jnp.abs(v - 1.0) < self.tol, "variance": v}
+                    "converged": jnp.abs(v - 1.0) < self.tol, "variance": v,
+                    "output": output}
 
 
 _ORTHOGONAL = jax.nn.initializers.orthogonal()

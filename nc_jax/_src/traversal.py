@@ -175,7 +175,10 @@ class Rule:
 
   def __call__(self, layer: Layer, key: jax.Array, labels: jax.Array | None
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The layer's new kernel and what the report shows of it."""
+    """The layer's new kernel and what the report shows of it. A rule that
+    computed the layer's output with the new kernel (`layer.outputs`) puts
+    it under "output": the forward pass goes on with it, not computing it
+    again."""
     raise NotImplementedError
 
 
@@ -518,16 +521,18 @@ def _std(a: jax.Array) -> jax.Array:
 def _visit(walk: _Walk, spec: LayerSpec, layer_outputs: Callable,
            inputs: jax.Array, kernel: jax.Array, bias: jax.Array | None,
            key: jax.Array, labels: jax.Array | None, call_id: jax.Array
-           ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Runs the rule on one layer; returns its kernel and report values."""
+           ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array | None]:
+  """Runs the rule on one layer; returns its kernel, report values and its
+  output with that kernel if the rule computed it."""
   layer = Layer(spec, inputs, kernel, bias, layer_outputs, walk.row_sharding)
   new, values = walk.rule(layer, key, labels)
+  output = values.pop("output", None)
   new = new.astype(kernel.dtype)
   if walk.report:
     values = {"std_before": _std(layer_outputs(kernel)), **values}
   if walk.observe:
     _observe(call_id, spec.index, new)
-  return new, values
+  return new, values, output
 
 
 # linen ------------------------------------------------------------------------
@@ -636,12 +641,13 @@ def _linen_program(walk: _Walk, key, x, labels, variables, kwarg_arrays,
     if path not in specs or path in values:
       return next_fun(*args, **kwargs_)
     params = module.variables["params"]
-    new, values[path] = _visit(
+    new, values[path], out = _visit(
         walk, specs[path], _linen_outputs(module, method, args, kwargs_),
         args[0], params["kernel"], params.get("bias"), rule_key, labels,
         call_id)
     module.put_variable("params", "kernel", new)
-    out = next_fun(*args, **kwargs_)
+    if out is None:
+      out = next_fun(*args, **kwargs_)
     if walk.report:
       values[path]["std_after"] = _std(out)
     return out
@@ -893,11 +899,12 @@ def _nnx_program(walk: _Walk, state, rule_key, x, labels, kwarg_arrays,
     if path not in specs or path in values:
       return call(module, *args, **kwargs_)
     bias = None if module.bias is None else module.bias.get_value()
-    new, values[path] = _visit(
+    new, values[path], out = _visit(
         walk, specs[path], _nnx_outputs(module, call, args, kwargs_), args[0],
         module.kernel.get_value(), bias, rule_key, labels, call_id)
     module.kernel.set_value(new)
-    out = call(module, *args, **kwargs_)
+    if out is None:
+      out = call(module, *args, **kwargs_)
     if walk.report:
       values[path]["std_after"] = _std(out)
     return out
