@@ -64,3 +64,18 @@ def test_candidates_must_match_batch(digits):
   x, y = digits
   with pytest.raises(ValueError, match="fan_in=64"):
     nc_jax.campaign_select(x, y, np.zeros((63, 10), np.float32), 3)
+
+
+def test_traced_batch_that_fails_a_value_check_elects_nothing():
+  # campaign_init makes such a kernel NaN; campaign_select once returned a
+  # plausible election for it.
+  x = jax.random.normal(jax.random.key(0), (64, 20))
+  y = jnp.arange(64) % 4
+  w = jax.random.normal(jax.random.key(1), (20, 50))
+  select = jax.jit(lambda x, y: nc_jax.campaign_select(x, y, w, 10,
+                                                       num_classes=4))
+  np.testing.assert_array_equal(select(x, y),
+                                nc_jax.campaign_select(x, y, w, 10))
+  np.testing.assert_array_equal(select(x.at[3, 2].set(jnp.nan), y),
+                                np.full(10, -1))
+  np.testing.assert_array_equal(select(x, y.at[0].set(7)), np.full(10, -1))

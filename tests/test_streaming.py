@@ -115,10 +115,7 @@ def test_unscaled_sums_are_used_only_where_they_equal_the_scaled(
 
 
 def test_default_chunks_bound_the_responses_they_hold():
-  # `chunk_size=None`: on CPU at most 2**20 responses and 1,024 rows; a
-  # convolution's image holds positions x N of them. On accelerators, the
-  # whole batch up to 2**27. Chunks are then evened out, so that the last
-  # one, moved back to end at row m, repeats few rows.
+  # The rule `default_chunk_size` states, value by value.
   auto = functools.partial(nc_jax.default_chunk_size, platform="cpu")
   assert auto(60_000, 500) == 1017  # 59 chunks, not 58 x 1,024
   assert auto(4_000, 1280) == 800  # 2**20 // 1,280 = 819

@@ -1,14 +1,14 @@
 """The initializer factories: draw candidates, score them, elect, gather.
 
-A factory checks its input (`validation`), places it (`placement`), calls one
-scoring function (`scores.campaign_scores`) and then the election
-(`election.elect_compiled`): one stop each.
+`checked_batch` checks a batch (`validation`) and places it (`placement`)
+once; `score_and_elect` draws, scores (`scores.campaign_scores`) and elects
+(`election.elect_compiled`). `campaign_init` and the whole-model walk go
+through both.
 """
 
 from __future__ import annotations
 
 import functools
-import numbers
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -65,48 +65,15 @@ def draw_candidates(
     >>> w.shape, w.dtype
     ((784, 500), dtype('float32'))
   """
-  shape = _check_shape(shape)
+  shape = validation.check_kernel_shape(shape)
   fan_out = shape[-1]
-  _check_num_candidates(num_candidates, fan_out)
+  validation.check_num_candidates(num_candidates, fan_out,
+                                  CANDIDATES_PER_NEURON)
   draws = -(-num_candidates // fan_out)
   keys = jax.random.split(key, draws)
   w = jax.vmap(lambda k: base_init(k, shape, dtype))(keys)
   return jnp.moveaxis(w, 0, -2).reshape(*shape[:-1], draws * fan_out)[
       ..., :num_candidates]
-
-
-def _check_shape(shape: Any) -> tuple[int, ...]:
-  shape = tuple(shape)
-  if len(shape) < 2 or not all(isinstance(d, numbers.Integral) for d in shape):
-    raise ValueError(
-        f"`shape` must be a kernel shape, `(fan_in, fan_out)` for a dense "
-        f"layer or `(*window, in_features, features)` for a convolution, got "
-        f"{shape}.")
-  if min(shape) < 1:
-    raise ValueError(
-        f"`shape` must have fan_in >= 1 and fan_out >= 1 (every size at "
-        f"least 1), got {shape}.")
-  return tuple(int(d) for d in shape)
-
-
-def _init_call(shape: Any, num_candidates: int | None, dtype: DTypeLike
-               ) -> tuple[tuple[int, ...], int, jnp.dtype]:
-  """Checks an initializer call: the kernel shape, N (default 5 fan_out), dtype."""
-  shape = _check_shape(shape)
-  n = CANDIDATES_PER_NEURON * shape[-1] if num_candidates is None else num_candidates
-  _check_num_candidates(n, shape[-1])
-  dtype = jnp.dtype(dtype)
-  if not jnp.issubdtype(dtype, jnp.floating):
-    raise TypeError(f"`dtype` must be a floating dtype, got {dtype}.")
-  return shape, int(n), dtype
-
-
-def _check_num_candidates(num_candidates: Any, fan_out: int) -> None:
-  if not isinstance(num_candidates, numbers.Integral) or num_candidates < fan_out:
-    raise ValueError(
-        f"`num_candidates` must be an int >= fan_out={fan_out} (the campaign "
-        f"elects fan_out of them), got {num_candidates!r}; the default is "
-        f"{CANDIDATES_PER_NEURON} * fan_out.")
 
 
 # The platforms `default_chunk_size` knows; jax names GPUs "gpu".
@@ -234,10 +201,8 @@ def campaign_select(
     bias: the scalar bias every neuron of the layer starts with.
     chunk_size: score the batch this many rows at a time (a `lax.scan` over
       chunks that adds up the class statistics), so memory is
-      O(chunk_size * N) rather than O(m * N). None chooses by device: on
-      CPU, chunks of at most 2**20 responses and 1,024 rows (cache-sized
-      chunks are fastest there); the whole batch on GPU/TPU unless its
-      responses exceed 2**27 values (`default_chunk_size` gives the rows).
+      O(chunk_size * N) rather than O(m * N). None chooses by device, by
+      the rule `default_chunk_size` states and computes.
 
   Returns:
     int32 indices of the elected candidates, shape `(k,)`, in Step 5's order.
@@ -249,7 +214,8 @@ def campaign_select(
       rows) are checked here when the arrays are concrete, also when they
       are sharded over many devices or processes. Under `jax.jit` they are
       `checkify` checks, which raise when the caller wraps the function with
-      `jax.experimental.checkify.checkify`.
+      `jax.experimental.checkify.checkify`, and a batch or labels that fail
+      them give every index -1: never a plausible election.
 
   Examples:
     >>> import jax
@@ -266,8 +232,8 @@ def campaign_select(
     Mao et al., "Neuron Campaign for Initialization Guided by Information
     Bottleneck Theory", CIKM 2021, https://arxiv.org/abs/2108.06530.
   """
-  x = _flat(validation.as_batch(batch))
-  labels, num_classes = validation.as_int_labels(labels, x.shape[0], num_classes)
+  checked = checked_batch(batch, labels, num_classes)
+  x, first_row = _flat(checked.x), _flat(checked.first_row)
   candidates = jnp.asarray(candidates)
   if candidates.ndim != 2 or candidates.shape[0] != x.shape[1]:
     raise ValueError(
@@ -279,16 +245,17 @@ def campaign_select(
   bias = validation.check_bias(bias)
   chunk_size = validation.check_chunk_size(chunk_size)
   validation.check_finite(candidates, "candidates")
-  validation.traced_checks(x, labels, num_classes)
-  x, labels, first_row, row_sharding = placement.placement(x, labels)
-  options = _options(x, candidates.shape[1], row_sharding,
+  options = _options(x, candidates.shape[1], checked.row_sharding,
                      activation=activation, class_balanced=class_balanced,
-                     num_classes=num_classes, chunk_size=chunk_size)
+                     num_classes=checked.num_classes, chunk_size=chunk_size)
   scores, groups, dropped = placement.on_auto_axes(_campaign_scores, x)(
-      x, first_row, labels, candidates, alpha, bias, options)
+      x, first_row, checked.labels, candidates, alpha, bias, options)
   scores_lib.warn_if_dropped(dropped)
-  return election.elect_compiled(candidates.astype(x.dtype), scores, groups,
-                                 options.num_groups, k)
+  indices = election.elect_compiled(candidates.astype(x.dtype), scores,
+                                    groups, options.num_groups, k)
+  # Traced input that fails a value check elects nothing: every index -1.
+  return (indices if checked.valid is None
+          else jnp.where(checked.valid, indices, -1))
 
 
 @functools.partial(
@@ -479,7 +446,8 @@ def campaign_init(
 
   def init(key: jax.Array, shape: tuple[int, ...],
            dtype: DTypeLike = jnp.float32) -> jax.Array:
-    shape, n, dtype = _init_call(shape, num_candidates, dtype)
+    shape, n, dtype = validation.check_init_call(
+        shape, num_candidates, dtype, CANDIDATES_PER_NEURON)
     elected = score_and_elect(
         checked, key, shape, dtype, n, alpha=alpha, bias=bias,
         base_init=base_init, activation=activation,
@@ -527,13 +495,14 @@ def random_pick_init(
       default; `glorot_uniform()` for Xavier candidates).
 
   Returns:
-    `init(key, shape, dtype=jnp.float32) -> jax.Array`, a kernel of shape
-    `(fan_in, fan_out)`.
+    `init(key, shape, dtype=jnp.float32) -> jax.Array`, a kernel of the
+    given shape: a dense `(fan_in, fan_out)` or a convolution's
+    `(*window, in_features, features)`, fan_out its last axis.
 
   Raises:
     ValueError, TypeError: here for malformed options, and from `init` for a
-      shape that is not `(fan_in, fan_out)`, N < fan_out or a dtype that is
-      not floating.
+      shape that is not a kernel shape (at least two positive ints), N <
+      fan_out or a dtype that is not floating.
 
   Examples:
     >>> import jax
@@ -553,7 +522,8 @@ def random_pick_init(
 
   def init(key: jax.Array, shape: tuple[int, ...],
            dtype: DTypeLike = jnp.float32) -> jax.Array:
-    shape, n, dtype = _init_call(shape, num_candidates, dtype)
+    shape, n, dtype = validation.check_init_call(
+        shape, num_candidates, dtype, CANDIDATES_PER_NEURON)
     return _random_pick_kernel(key, base_init=base_init, shape=shape,
                                dtype=dtype, num_candidates=n)
 

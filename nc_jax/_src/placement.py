@@ -20,11 +20,9 @@ T = TypeVar("T")
 # `(mesh, axes)`: a batch split along its rows over these mesh axes.
 RowSharding = tuple[jax.sharding.Mesh, Any]
 
-# Rows scored at a time when `chunk_size=None`, bounded by the responses they
-# hold (rows x positions x N). On CPU, responses that stay in cache beat one
-# big product: at most 2**20 of them and 1,024 rows (`benchmarks/
-# init_speed.py` measures chunk sizes); accelerators take the whole batch up
-# to a bound on the responses' memory.
+# The bounds of `auto_chunk_size`, whose rule `default_chunk_size` states:
+# on CPU, responses that stay in cache beat one big product
+# (`benchmarks/init_speed.py` measures chunk sizes).
 _CPU_CHUNK_ROWS = 1024
 _CPU_CHUNK_ELEMENTS = 2**20
 _ACCELERATOR_CHUNK_ELEMENTS = 2**27

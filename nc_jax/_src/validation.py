@@ -138,6 +138,11 @@ def traced_checks(x: jax.Array, labels: jax.Array | None,
   return ok
 
 
+def is_int(value: object) -> bool:
+  """The one integer rule: a Python or NumPy integer, never a bool."""
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_positive_int(value: object, name: str, *, allow_none: bool = False,
                        hint: str = "") -> int | None:
   """Checks that `value` is an int >= 1 (or None, where allowed); returns it.
@@ -147,8 +152,7 @@ def check_positive_int(value: object, name: str, *, allow_none: bool = False,
   """
   if value is None and allow_none:
     return None
-  if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
-      or value < 1):
+  if not is_int(value) or value < 1:
     raise ValueError(
         f"`{name}` must be a positive int{' or None' if allow_none else ''}, "
         f"got {value!r}{'; ' + hint if hint else ''}.")
@@ -342,13 +346,58 @@ def check_chunk_size(chunk_size: object) -> int | None:
 
 def check_k(k: object, num_candidates: int | None) -> int:
   """Checks the number of neurons to elect against the candidates drawn."""
-  if not isinstance(k, numbers.Integral) or k < 0:
+  if not is_int(k) or k < 0:
     raise ValueError(f"`k` must be a non-negative int, got {k!r}.")
   if num_candidates is not None and k > num_candidates:
     raise ValueError(
         f"cannot elect k={k} neurons from {num_candidates} candidates; draw at "
         f"least {k} candidates (num_candidates >= fan_out).")
   return int(k)
+
+
+def check_kernel_shape(shape: object) -> tuple[int, ...]:
+  """Checks a kernel shape, `(fan_in, fan_out)` or `(*window, in, features)`:
+  at least two positive ints; returns it as a tuple of ints."""
+  try:
+    shape = tuple(shape)
+  except TypeError:
+    shape = (shape,)
+  if len(shape) < 2 or not all(is_int(d) for d in shape):
+    raise ValueError(
+        f"`shape` must be a kernel shape, `(fan_in, fan_out)` for a dense "
+        f"layer or `(*window, in_features, features)` for a convolution, got "
+        f"{shape}.")
+  if min(shape) < 1:
+    raise ValueError(
+        f"`shape` must have fan_in >= 1 and fan_out >= 1 (every size at "
+        f"least 1), got {shape}.")
+  return tuple(int(d) for d in shape)
+
+
+def check_num_candidates(num_candidates: object, fan_out: int,
+                         per_neuron: int) -> int:
+  """Checks N against the fan_out it elects (`per_neuron`: the default's
+  multiple, for the message)."""
+  if not is_int(num_candidates) or num_candidates < fan_out:
+    raise ValueError(
+        f"`num_candidates` must be an int >= fan_out={fan_out} (the campaign "
+        f"elects fan_out of them), got {num_candidates!r}; the default is "
+        f"{per_neuron} * fan_out.")
+  return int(num_candidates)
+
+
+def check_init_call(shape: object, num_candidates: int | None,
+                    dtype: object, per_neuron: int
+                    ) -> tuple[tuple[int, ...], int, jnp.dtype]:
+  """Checks an initializer call: the kernel shape, N (default `per_neuron *
+  fan_out`) and a floating dtype."""
+  shape = check_kernel_shape(shape)
+  n = per_neuron * shape[-1] if num_candidates is None else num_candidates
+  n = check_num_candidates(n, shape[-1], per_neuron)
+  dtype = jnp.dtype(dtype)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f"`dtype` must be a floating dtype, got {dtype}.")
+  return shape, n, dtype
 
 
 def check_callables(**functions: object) -> None:
