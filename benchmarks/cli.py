@@ -119,16 +119,28 @@ def check_out(parser: argparse.ArgumentParser, out: str | os.PathLike[str],
                  f"{reason}{where}")
 
 
+class _Formatter(argparse.HelpFormatter):
+  """Shows `--data` as what it takes, one source and at most one directory
+  (argparse would repeat the metavar of a `nargs="+"` option)."""
+
+  def _format_args(self, action: argparse.Action, default: str) -> str:
+    if action.dest == "data":
+      return str(action.metavar)
+    return super()._format_args(action, default)
+
+
 def base_parser(doc: str, *, archs: Sequence[str], epochs: int, seeds: int,
                 epochs_help: str, arch_choices: Sequence[str] | None = None,
                 out: pathlib.Path = RESULTS) -> argparse.ArgumentParser:
   """The options the MNIST benchmarks share: --arch (one of `arch_choices`,
   default the MLPs of `training.ARCHS`), --epochs, --seeds, --data, --out
   (default `out`), --quick."""
-  parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-  parser.add_argument("--arch", nargs="+",
-                      choices=tuple(arch_choices or training.ARCHS),
-                      default=list(archs))
+  parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                   formatter_class=_Formatter)
+  choices = tuple(arch_choices or training.ARCHS)
+  parser.add_argument("--arch", nargs="+", choices=choices,
+                      default=list(archs), metavar="ARCH",
+                      help=f"architectures, of {choices}")
   parser.add_argument("--epochs", type=at_least(1), default=epochs,
                       help=epochs_help)
   parser.add_argument("--seeds", type=at_least(1), default=seeds,
@@ -138,7 +150,8 @@ def base_parser(doc: str, *, archs: Sequence[str], epochs: int, seeds: int,
                       help=f"one of {data_lib.SOURCES}; `idx DIR` for IDX "
                       "files, `tfds [DATA_DIR]`. auto: tfds MNIST when "
                       "prepared locally, else the bundled subset")
-  parser.add_argument("--out", type=pathlib.Path, default=out)
+  parser.add_argument("--out", type=pathlib.Path, default=out, metavar="DIR",
+                      help="directory for the results")
   parser.add_argument("--quick", action="store_true",
                       help="a first look: at most 3 epochs and 2 seeds, the "
                       "first 1,000 training images")

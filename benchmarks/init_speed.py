@@ -37,7 +37,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   # The campaign's statistics (standard deviations over the batch) need at
   # least 2 rows.
   parser.add_argument("--rows", type=cli.at_least(2), nargs="+",
-                      default=[15_000, 60_000, 240_000])
+                      default=[15_000, 60_000, 240_000],
+                      help="batch sizes m of the dense rows")
   parser.add_argument("--shapes", type=cli.checked(speed.parse_shape),
                       nargs="+",
                       default=[(784, 100), (784, 256), (1024, 1024)],
@@ -45,12 +46,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--convs", nargs="*", choices=tuple(speed.CONV_CASES),
                       default=list(speed.CONV_CASES),
                       help="the CNN's convs, each on --conv-rows images")
-  parser.add_argument("--conv-rows", type=cli.at_least(2), default=5_000)
+  parser.add_argument("--conv-rows", type=cli.at_least(2), default=5_000,
+                      help="images the conv rows are scored on")
   parser.add_argument("--chunk-sizes", type=cli.at_least(1), nargs="*",
                       default=[1024, 2048, 4096, 8192, 16384],
                       help="chunk sizes of the chunk table (784x100 at "
                       "m = 60,000, and the whole batch)")
-  parser.add_argument("--chunk-rows", type=cli.at_least(2), default=60_000)
+  parser.add_argument("--chunk-rows", type=cli.at_least(2), default=60_000,
+                      help="m of the chunk table")
   parser.add_argument("--max-flops", type=cli.positive_float, default=1e12,
                       help="skip shape/rows pairs whose floor exceeds this")
   parser.add_argument("--fan-outs", type=cli.at_least(1), nargs="*",
@@ -61,8 +64,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--memory-rows", type=cli.at_least(2), nargs="*",
                       default=[60_000, 240_000],
                       help="m of the memory-scaling table (784x100)")
-  parser.add_argument("--repeats", type=cli.at_least(1), default=7)
-  parser.add_argument("--out", default="benchmarks/results")
+  parser.add_argument("--repeats", type=cli.at_least(1), default=7,
+                      help="interleaved rounds of warm calls per row")
+  parser.add_argument("--out", default="benchmarks/results", metavar="DIR",
+                      help="directory for init_speed.md, .json and .png")
   args = parser.parse_args(argv)
   cli.check_unique(parser, args, "--rows", "--shapes", "--fan-outs",
                    "--groups", "--memory-rows", "--convs", "--chunk-sizes")

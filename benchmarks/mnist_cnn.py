@@ -52,7 +52,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
       __doc__, archs=tuple(training.CNN_ARCHS), epochs=30, seeds=10,
       arch_choices=tuple(training.CNN_ARCHS), out=cli.RESULTS / "cnn",
       epochs_help="default 30")
-  parser.add_argument("--init", nargs="+", choices=INITS, default=list(INITS))
+  parser.add_argument("--init", nargs="+", choices=INITS, default=list(INITS),
+                      metavar="INIT",
+                      help=f"initializers to compare, of {INITS}")
   return cli.parse_checked(parser, argv, unique=("--arch", "--init"),
                            files=reports.run_files(STEM))
 

@@ -35,7 +35,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
       epochs_help="default 50 keeps the default run near 10 minutes on 2 CPU "
       "cores; the paper trains about 100")
   parser.add_argument("--init", nargs="+", choices=training.INITS,
-                      default=list(training.INITS))
+                      default=list(training.INITS), metavar="INIT",
+                      help=f"initializers to compare, of {training.INITS}")
   return cli.parse_checked(parser, argv, unique=("--arch", "--init"),
                            files=reports.run_files("mnist_mlp"))
 

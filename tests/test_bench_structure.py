@@ -9,7 +9,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
-ENTRY_SCRIPTS = ("mnist_mlp", "ablation", "init_speed")
+ENTRY_SCRIPTS = ("mnist_mlp", "mnist_cnn", "ablation", "init_speed",
+                 "model_speed")
 
 
 def imported_modules(source: str) -> set[str]:
@@ -62,3 +63,25 @@ def test_only_the_public_api_of_nc_jax(name):
 def test_no_entry_script_is_imported(name):
   entries = {f"benchmarks.{script}" for script in ENTRY_SCRIPTS}
   assert not imported_modules(sources()[name]) & entries
+
+
+class _Parsed(Exception):
+  """Raised in place of parsing, carrying the entry script's parser."""
+
+
+@pytest.mark.parametrize("script", ENTRY_SCRIPTS)
+def test_every_option_of_every_entry_script_has_help(script, monkeypatch):
+  import argparse
+  import importlib
+
+  def capture(parser, *args, **kwargs):
+    raise _Parsed(parser)
+
+  monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+  module = importlib.import_module(f"benchmarks.{script}")
+  with pytest.raises(_Parsed) as parsed:
+    module.parse_args([])
+  parser = parsed.value.args[0]
+  silent = [action.option_strings for action in parser._actions
+            if not action.help]
+  assert not silent
