@@ -32,6 +32,7 @@ import numpy as np
 import nc_jax
 from benchmarks import data as data_lib
 from benchmarks import reports
+from benchmarks import speed
 from benchmarks import training
 
 CHILD_FLAG = "--first-call-child"
@@ -177,12 +178,7 @@ def warm_timings(model: Model, m: int, repeats: int) -> dict[str, Any]:
                                                   progress=False),
       "lsuv": lambda i: nc_jax.lsuv_linen(module, i, x, progress=False),
   }
-  for fn in fns.values():  # compile every side before timing any
-    jax.block_until_ready(fn(0))
-  times = {name: [] for name in fns}
-  for i in range(1, repeats + 1):
-    for name, fn in fns.items():
-      times[name].append(_seconds(lambda: fn(i)))
+  _, times = speed.interleaved(fns, repeats)
   return {"layers": len(layers), "times": times}
 
 

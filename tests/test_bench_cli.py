@@ -15,12 +15,15 @@ from benchmarks import data as data_lib
 from benchmarks import init_speed
 from benchmarks import mnist_cnn
 from benchmarks import mnist_mlp
+from benchmarks import model_speed
 from benchmarks import speed
 from benchmarks import training
+from benchmarks import whole_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = {"mnist_mlp": mnist_mlp, "ablation": ablation,
-           "init_speed": init_speed, "mnist_cnn": mnist_cnn}
+           "init_speed": init_speed, "mnist_cnn": mnist_cnn,
+           "model_speed": model_speed}
 # Stand-ins for paths a test creates under tmp_path.
 EMPTY, FILE, UNDER_FILE = "<empty dir>", "<file>", "<file>/out"
 
@@ -97,6 +100,11 @@ BAD = [
     ("init_speed", ["--repeats", "-1"], "--repeats"),
     ("init_speed", ["--out", FILE], "--out"),
     ("init_speed", ["--out", UNDER_FILE], "--out"),
+    ("model_speed", ["--models", "vgg"], "--models"),
+    ("model_speed", ["--models", "lenet", "lenet"], "--models"),
+    ("model_speed", ["--rows", "1"], "--rows"),
+    ("model_speed", ["--repeats", "0"], "--repeats"),
+    ("model_speed", ["--out", UNDER_FILE], "--out"),
 ]
 
 
@@ -109,7 +117,8 @@ def no_work(monkeypatch):
 
   for module, name in ((data_lib, "load"), (training, "run_comparison"),
                        (speed, "run_benchmark"), (speed, "run_elections"),
-                       (speed, "memory_scaling"), (speed, "run_chunk_sizes")):
+                       (speed, "memory_scaling"), (speed, "run_chunk_sizes"),
+                       (whole_model, "bench_model")):
     monkeypatch.setattr(module, name, fail)
 
 

@@ -92,12 +92,14 @@ def lsuv_linen(
 ) -> dict[str, Any] | tuple[dict[str, Any], WalkReport]:
   """Initializes a flax.linen model by LSUV on a batch.
 
-  Mishkin & Matas (ICLR 2016): every kernel (Dense, DenseGeneral, Conv) is drawn orthogonal, then,
-  layer by layer in call order, divided by the standard deviation of the
-  layer's output on the batch until that variance is 1 within `tol` (at most
-  `max_iters` rescalings). Outputs come from the layer's own call on its input
-  from the layers already set: the walk is `campaign_linen`'s, with this rule
-  instead of the election. `init_key, lsuv_key = jax.random.split(key)`;
+  Mishkin & Matas (ICLR 2016): every kernel (Dense, DenseGeneral, Conv) is
+  drawn orthogonal, then, layer by layer in call order, divided by the
+  standard deviation of the layer's output on the batch until that variance
+  is 1 within `tol` (at most `max_iters` rescalings; a layer left outside
+  `tol` is a warning naming it). Outputs come from the layer's own call on
+  its captured input, a compiled loop on that layer alone: the walk is
+  `campaign_linen`'s (one compiled program, also inside the caller's
+  `jax.jit`), with this rule instead of the election. `init_key, lsuv_key = jax.random.split(key)`;
   `model.init(init_key, x[:2])` initializes everything else and layer `i`'s
   orthogonal draw uses `jax.random.fold_in(lsuv_key, i)`.
 
@@ -111,12 +113,15 @@ def lsuv_linen(
       a predicate on the path); the others keep the model's init.
     progress: show a tqdm bar over layers, naming each.
     model_kwargs: keyword arguments for the model's `__call__`.
+    report: also return a `WalkReport`, a row per layer (rescalings, whether
+      the variance ended within `tol`, output std before and after).
     variables: start from these variables (e.g. `campaign_linen`'s) instead
       of `model.init` and orthogonal kernels: each layer's own kernel is
       rescaled to unit output variance, its direction kept.
 
   Returns:
-    The variables, as `model.init` returns them, with the LSUV kernels.
+    The variables, as `model.init` returns them, with the LSUV kernels;
+    with `report=True`, `(variables, report)`.
 
   Raises:
     ValueError, TypeError: for a model without weight layers, an `x` the model
@@ -178,6 +183,12 @@ def lsuv_nnx(
     model_kwargs: keyword arguments for the model's `__call__`.
     orthogonal: draw orthogonal kernels first (LSUV); False rescales the
       model's current kernels (e.g. `campaign_nnx`'s), directions kept.
+    report: also return a `WalkReport`, a row per layer (rescalings, whether
+      the variance ended within `tol`, output std before and after).
+
+  Returns:
+    None (the model is updated in place), or with `report=True` the
+    `WalkReport`.
 
   Raises:
     ValueError, TypeError: for a model without weight layers, an `x` the model

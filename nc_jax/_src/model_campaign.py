@@ -250,7 +250,13 @@ def campaign_linen(
   (counting the layers taking part) gets `campaign_init(inputs_i, y,
   ...)(jax.random.fold_in(campaign_key, i), shape, dtype)`, where `inputs_i`
   is its input in that pass, produced by the layers already elected
-  (docs/algorithm.md#whole-models). Dropout is off during the pass. A `Conv`
+  (docs/algorithm.md#whole-models). The walk is one compiled program
+  (a later call with a new key or batch of the same shape compiles
+  nothing), and the function also works inside the caller's `jax.jit`, with
+  the same result (traced labels need `num_classes`). Every module whose call
+  takes `deterministic` (dropout, attention dropout) is deterministic during
+  the pass. Layers called inside a lifted transform (`nn.scan`, `nn.vmap`,
+  `nn.remat`) are refused by name before any work. A `Conv`
   is elected in its own layout with its strides, padding and dilation
   (grouped convolutions raise: leave them out with `layers=`); a
   `DenseGeneral` as the matrix of its contracted axes. A layer whose input
@@ -286,12 +292,16 @@ def campaign_linen(
       and `random_pick_init` picks fan_out of them uniformly at random
       (`y`, `alpha`, `activation`, `class_balanced` and `chunk_size` then
       play no part).
-    progress: show a tqdm bar over layers, naming each.
+    progress: show a tqdm bar over layers, naming each as the compiled walk
+      finishes it (none inside the caller's jit).
     model_kwargs: keyword arguments for the model's `__call__` (e.g.
-      `{"train": False}`).
+      `{"train": False}`); arrays among them are traced, the rest static.
+    report: also return a `WalkReport`, a row per layer
+      (docs/algorithm.md#whole-models).
 
   Returns:
-    The variables, as `model.init` returns them, with the elected kernels.
+    The variables, as `model.init` returns them, with the elected kernels;
+    with `report=True`, `(variables, report)`.
 
   Raises:
     ValueError, TypeError: for a model without weight layers, an `x` the model
@@ -351,8 +361,12 @@ def campaign_nnx(
   `i` (counting the layers taking part) gets `campaign_init(inputs_i, y,
   ...)(jax.random.fold_in(key, i), shape, dtype)`, as in `campaign_linen`
   with `key` in the role of its `campaign_key`, so the two give the same
-  kernels for the same architecture. Dropout is off during the pass and
-  every other variable (biases, batch statistics, RNG state) is left as it was.
+  kernels for the same architecture. As there, the walk is one compiled
+  program and works inside the caller's `nnx.jit`; dropout is off during the
+  pass and every other variable (biases, batch statistics, RNG state) is left
+  as it was. Layers called inside `nnx.scan`, `nnx.vmap`, `nnx.remat` or
+  `nnx.jit` (an nnx layer stack) are refused by name before any work; leave
+  them out with `layers=`.
 
   Args:
     model: a flax.nnx module, already constructed.
@@ -382,9 +396,16 @@ def campaign_nnx(
       and `random_pick_init` picks fan_out of them uniformly at random
       (`y`, `alpha`, `activation`, `class_balanced` and `chunk_size` then
       play no part).
-    progress: show a tqdm bar over layers, naming each.
+    progress: show a tqdm bar over layers, naming each as the compiled walk
+      finishes it (none inside the caller's jit).
     model_kwargs: keyword arguments for the model's `__call__` (e.g.
-      `{"train": False}`).
+      `{"train": False}`); arrays among them are traced, the rest static.
+    report: also return a `WalkReport`, a row per layer
+      (docs/algorithm.md#whole-models).
+
+  Returns:
+    None (the model is updated in place), or with `report=True` the
+    `WalkReport`.
 
   Raises:
     ValueError, TypeError: for a model without weight layers, an `x` the model
