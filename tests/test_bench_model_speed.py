@@ -35,14 +35,17 @@ def test_resnet_has_at_least_twelve_convs_and_batch_norm():
 
 def test_floor_is_the_forward_and_every_layers_relu_sum():
   model = whole_model.MODELS["lenet"]
-  x, _ = whole_model.batch(model, 6)
+  x, _ = whole_model.batch(model, 48)  # conv1 in 6 chunks of 8 images
   module = model.make()
   variables = module.init(jax.random.key(0), x[:2])
   calls = whole_model.capture(module, variables, x)
   kernels = whole_model.candidate_kernels(calls)
   assert [k.shape[-1] for k in kernels] == [160, 320, 640, 50]
-  floor = whole_model.floor_program(module, [layer for layer, _ in calls])
-  got = floor(variables, x, [h for _, h in calls], kernels)
+  layers, inputs = [layer for layer, _ in calls], [h for _, h in calls]
+  got = whole_model.floor_program(module, layers)(variables, x, inputs,
+                                                  kernels)
+  chunked = whole_model.floor_program(module, layers, chunked=True)(
+      variables, x, inputs, kernels)
   expected = module.apply(variables, x).sum()
   conv = lambda h, w: jax.lax.conv_general_dilated(
       h, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -50,6 +53,7 @@ def test_floor_is_the_forward_and_every_layers_relu_sum():
     z = conv(h, w) if isinstance(layer, nn.Conv) else h @ w
     expected += jax.nn.relu(z).sum()
   np.testing.assert_allclose(got, expected, rtol=1e-4)
+  np.testing.assert_allclose(chunked, expected, rtol=1e-4)
 
 
 def test_first_call_counts_compilations_then_none():

@@ -55,7 +55,8 @@ class WalkReport:
     lsuv_iterations, converged: LSUV's rescalings and whether the output
       variance ended within `tol` of 1.
     seconds: the time from the previous layer's kernel to this one's in the
-      compiled walk (the first layer's counts from the walk's start).
+      compiled walk (the first layer's counts from the call's start, so on a
+      first call it includes the compilation).
   """
   static: tuple[tuple[tuple[str, Any], ...], ...]
   values: tuple[dict[str, Any], ...]

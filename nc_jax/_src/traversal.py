@@ -560,7 +560,7 @@ def _linen_interceptor(on_layer: Callable[..., Any]) -> nn.module.Interceptor:
       return next_fun(*args, **kwargs)
     state["busy"] = True
     try:
-      return on_layer(module, context.orig_method, next_fun, args, kwargs)
+      return on_layer(module, next_fun, args, kwargs)
     finally:
       state["busy"] = False
 
@@ -593,7 +593,7 @@ def _linen_plan(model: nn.Module, init_key: jax.Array, x: jax.Array,
   def run(init_key, x, variables):
     root = flax_tracers.current_trace()
 
-    def record(module, method, next_fun, args, kwargs_):
+    def record(module, next_fun, args, kwargs_):
       out = next_fun(*args, **kwargs_)  # makes the params on init
       why = _linen_lifted(module, root)
       if why:
@@ -612,8 +612,8 @@ def _linen_plan(model: nn.Module, init_key: jax.Array, x: jax.Array,
   return found, lifted
 
 
-def _linen_outputs(module: nn.Module, method: Callable, args: tuple,
-                   kwargs: dict) -> Callable[[jax.Array], jax.Array]:
+def _linen_outputs(module: nn.Module, args: tuple, kwargs: dict
+                   ) -> Callable[[jax.Array], jax.Array]:
   """The layer's own flax call on its captured input, with a given kernel,
   on an unbound copy (usable inside `lax.while_loop`)."""
   params = dict(module.variables["params"])
@@ -636,13 +636,13 @@ def _linen_program(walk: _Walk, key, x, labels, variables, kwarg_arrays,
   specs = {s.path: s for s in walk.plan.layers}
   values: dict[str, dict[str, jax.Array]] = {}
 
-  def set_kernel(module, method, next_fun, args, kwargs_):
+  def set_kernel(module, next_fun, args, kwargs_):
     path = _linen_path(module)
     if path not in specs or path in values:
       return next_fun(*args, **kwargs_)
     params = module.variables["params"]
     new, values[path], out = _visit(
-        walk, specs[path], _linen_outputs(module, method, args, kwargs_),
+        walk, specs[path], _linen_outputs(module, args, kwargs_),
         args[0], params["kernel"], params.get("bias"), rule_key, labels,
         call_id)
     module.put_variable("params", "kernel", new)
@@ -698,8 +698,8 @@ def _check_variables(variables: Any, expected: Any) -> dict[str, Any]:
   return dict(variables)
 
 
-def _pass_through(module, method, next_fun, args, kwargs):
-  del module, method
+def _pass_through(module, next_fun, args, kwargs):
+  del module
   return next_fun(*args, **kwargs)
 
 
