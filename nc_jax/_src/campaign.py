@@ -8,13 +8,14 @@ through both.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.typing import ArrayLike, DTypeLike
+from jax.typing import ArrayLike
+from jax.typing import DTypeLike
 
 from nc_jax._src import conv
 from nc_jax._src import election
@@ -36,7 +37,7 @@ def draw_candidates(
     num_candidates: int,
     dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
-  """Draws candidate neurons distributed exactly like the layer's kernel columns.
+  """Draws candidate neurons distributed like the layer's kernel columns.
 
   The candidates are `ceil(num_candidates / fan_out)` independent draws
   `base_init(key_i, shape, dtype)`, with `key_i` from
@@ -60,8 +61,8 @@ def draw_candidates(
   Examples:
     >>> import jax
     >>> import nc_jax
-    >>> w = nc_jax.draw_candidates(jax.random.key(0),
-    ...                            jax.nn.initializers.he_normal(), (784, 100), 500)
+    >>> w = nc_jax.draw_candidates(
+    ...     jax.random.key(0), jax.nn.initializers.he_normal(), (784, 100), 500)
     >>> w.shape, w.dtype
     ((784, 500), dtype('float32'))
   """
@@ -72,15 +73,18 @@ def draw_candidates(
   draws = -(-num_candidates // fan_out)
   keys = jax.random.split(key, draws)
   w = jax.vmap(lambda k: base_init(k, shape, dtype))(keys)
-  return jnp.moveaxis(w, 0, -2).reshape(*shape[:-1], draws * fan_out)[
-      ..., :num_candidates]
+  return jnp.moveaxis(w, 0, -2).reshape(*shape[:-1],
+                                        draws * fan_out)[..., :num_candidates]
 
 
 # The platforms `default_chunk_size` knows; jax names GPUs "gpu".
 _PLATFORMS = ("cpu", "gpu", "tpu")
 
 
-def default_chunk_size(m: int, num_candidates: int, *, positions: int = 1,
+def default_chunk_size(m: int,
+                       num_candidates: int,
+                       *,
+                       positions: int = 1,
                        platform: str | None = None) -> int | None:
   """The rows a campaign scores at a time when `chunk_size=None`.
 
@@ -133,25 +137,30 @@ def default_chunk_size(m: int, num_candidates: int, *, positions: int = 1,
         f"`platform` must be one of {_PLATFORMS} (any case), or None for "
         f"jax.default_backend(), got {platform!r}.")
   platform = platform.lower()
-  return placement.auto_chunk_size(None, m, num_candidates, platform,
-                                   positions)
+  return placement.auto_chunk_size(None, m, num_candidates, platform, positions)
 
 
-def _options(x: jax.Array, num_candidates: int,
-             row_sharding: placement.RowSharding | None, *,
-             activation: Activation, class_balanced: bool,
-             num_classes: int | None, chunk_size: int | None,
-             convolution: conv.ConvSpec | None = None, positions: int = 1
-             ) -> scores_lib.ScoringOptions:
+def _options(x: jax.Array,
+             num_candidates: int,
+             row_sharding: placement.RowSharding | None,
+             *,
+             activation: Activation,
+             class_balanced: bool,
+             num_classes: int | None,
+             chunk_size: int | None,
+             convolution: conv.ConvSpec | None = None,
+             positions: int = 1) -> scores_lib.ScoringOptions:
   """The static scoring options for N candidates on the placed batch `x`,
   whose rows give `positions` samples each (a convolution's)."""
   return scores_lib.ScoringOptions(
-      activation=activation, class_balanced=bool(class_balanced),
+      activation=activation,
+      class_balanced=bool(class_balanced),
       num_classes=num_classes,
-      chunk_size=placement.auto_chunk_size(chunk_size, x.shape[0],
-                                           num_candidates,
+      chunk_size=placement.auto_chunk_size(chunk_size,
+                                           x.shape[0], num_candidates,
                                            placement.platform(x), positions),
-      row_sharding=row_sharding, conv=convolution)
+      row_sharding=row_sharding,
+      conv=convolution)
 
 
 def _flat(x: jax.Array | None) -> jax.Array | None:
@@ -161,8 +170,8 @@ def _flat(x: jax.Array | None) -> jax.Array | None:
 
 # Scoring and election compile separately: the election takes its own
 # compiler options on CPU (`election.elect_compiled`).
-_campaign_scores = jax.jit(scores_lib.campaign_scores,
-                           static_argnames=("options",))
+_campaign_scores = jax.jit(
+    scores_lib.campaign_scores, static_argnames=("options",))
 
 
 def campaign_select(
@@ -245,22 +254,31 @@ def campaign_select(
   bias = validation.check_bias(bias)
   chunk_size = validation.check_chunk_size(chunk_size)
   validation.check_finite(candidates, "candidates")
-  options = _options(x, candidates.shape[1], checked.row_sharding,
-                     activation=activation, class_balanced=class_balanced,
-                     num_classes=checked.num_classes, chunk_size=chunk_size)
-  scores, groups, dropped = placement.on_auto_axes(_campaign_scores, x)(
-      x, first_row, checked.labels, candidates, alpha, bias, options)
+  options = _options(
+      x,
+      candidates.shape[1],
+      checked.row_sharding,
+      activation=activation,
+      class_balanced=class_balanced,
+      num_classes=checked.num_classes,
+      chunk_size=chunk_size)
+  scores, groups, dropped = placement.on_auto_axes(_campaign_scores,
+                                                   x)(x, first_row,
+                                                      checked.labels,
+                                                      candidates, alpha, bias,
+                                                      options)
   scores_lib.warn_if_dropped(dropped)
-  indices = election.elect_compiled(candidates.astype(x.dtype), scores,
-                                    groups, options.num_groups, k)
+  indices = election.elect_compiled(
+      candidates.astype(x.dtype), scores, groups, options.num_groups, k)
   # Traced input that fails a value check elects nothing: every index -1.
-  return (indices if checked.valid is None
-          else jnp.where(checked.valid, indices, -1))
+  return (indices if checked.valid is None else jnp.where(
+      checked.valid, indices, -1))
 
 
 @functools.partial(
-    jax.jit, static_argnames=("base_init", "shape", "dtype", "num_candidates",
-                              "options"))
+    jax.jit,
+    static_argnames=("base_init", "shape", "dtype", "num_candidates",
+                     "options"))
 def _campaign_kernel(key, x, first_row, labels, alpha, bias, *, base_init,
                      shape, dtype, num_candidates, options):
   """The candidates, and Steps 1-3 on them."""
@@ -294,19 +312,27 @@ def checked_batch(batch: ArrayLike, labels: ArrayLike | None,
 
 class Elected(NamedTuple):
   """A layer's campaign: its kernel and how it was chosen."""
-  kernel: jax.Array        # the elected candidates, in the kernel's layout
-  scores: jax.Array        # (N,) every candidate's score
-  indices: jax.Array       # (fan_out,) the elected candidates
+  kernel: jax.Array  # the elected candidates, in the kernel's layout
+  scores: jax.Array  # (N,) every candidate's score
+  indices: jax.Array  # (fan_out,) the elected candidates
   dropped: scores_lib.Dropped
 
 
-def score_and_elect(checked: CheckedBatch, key: jax.Array,
-                    shape: tuple[int, ...], dtype: jnp.dtype,
-                    num_candidates: int, *, alpha: jax.Array,
-                    bias: jax.Array, base_init: Initializer,
-                    activation: Activation, class_balanced: bool,
-                    chunk_size: int | None, strides: Any = 1,
-                    padding: conv.Padding = "SAME", kernel_dilation: Any = 1,
+def score_and_elect(checked: CheckedBatch,
+                    key: jax.Array,
+                    shape: tuple[int, ...],
+                    dtype: jnp.dtype,
+                    num_candidates: int,
+                    *,
+                    alpha: jax.Array,
+                    bias: jax.Array,
+                    base_init: Initializer,
+                    activation: Activation,
+                    class_balanced: bool,
+                    chunk_size: int | None,
+                    strides: Any = 1,
+                    padding: conv.Padding = "SAME",
+                    kernel_dilation: Any = 1,
                     feature_group_count: int = 1) -> Elected:
   """Draws N candidates for a kernel of `shape`, scores them on the checked
   batch (Steps 1-3) and elects fan_out of them (Steps 3-5)."""
@@ -319,17 +345,35 @@ def score_and_elect(checked: CheckedBatch, key: jax.Array,
           f"fan_in={shape[0]}; pass the activations that feed this layer.")
   else:  # a convolution's: the batch as images
     rows, first = x, first_row
-    spec = conv.conv_spec(x.shape, shape, strides=strides, padding=padding,
-                          kernel_dilation=kernel_dilation,
-                          feature_group_count=feature_group_count)
+    spec = conv.conv_spec(
+        x.shape,
+        shape,
+        strides=strides,
+        padding=padding,
+        kernel_dilation=kernel_dilation,
+        feature_group_count=feature_group_count)
     positions = spec.positions(x.shape, shape)
-  options = _options(rows, num_candidates, checked.row_sharding,
-                     activation=activation, class_balanced=class_balanced,
-                     num_classes=checked.num_classes, chunk_size=chunk_size,
-                     convolution=spec, positions=positions)
+  options = _options(
+      rows,
+      num_candidates,
+      checked.row_sharding,
+      activation=activation,
+      class_balanced=class_balanced,
+      num_classes=checked.num_classes,
+      chunk_size=chunk_size,
+      convolution=spec,
+      positions=positions)
   w, scores, groups, dropped = placement.on_auto_axes(_campaign_kernel, x)(
-      key, rows, first, checked.labels, alpha, bias, base_init=base_init,
-      shape=shape, dtype=dtype, num_candidates=num_candidates,
+      key,
+      rows,
+      first,
+      checked.labels,
+      alpha,
+      bias,
+      base_init=base_init,
+      shape=shape,
+      dtype=dtype,
+      num_candidates=num_candidates,
       options=options)
   indices = election.elect_compiled(  # on the candidates as scored, flat
       w.reshape(-1, num_candidates).astype(x.dtype), scores, groups,
@@ -438,20 +482,30 @@ def campaign_init(
   alpha = validation.check_alpha(alpha)
   bias = validation.check_bias(bias)
   chunk_size = validation.check_chunk_size(chunk_size)
-  validation.check_positive_int(num_candidates, "num_candidates",
-                                allow_none=True)
+  validation.check_positive_int(
+      num_candidates, "num_candidates", allow_none=True)
   validation.check_callables(base_init=base_init, activation=activation)
   convolution = conv.check_options(strides, padding, kernel_dilation,
                                    feature_group_count)
 
-  def init(key: jax.Array, shape: tuple[int, ...],
+  def init(key: jax.Array,
+           shape: tuple[int, ...],
            dtype: DTypeLike = jnp.float32) -> jax.Array:
-    shape, n, dtype = validation.check_init_call(
-        shape, num_candidates, dtype, CANDIDATES_PER_NEURON)
+    shape, n, dtype = validation.check_init_call(shape, num_candidates, dtype,
+                                                 CANDIDATES_PER_NEURON)
     elected = score_and_elect(
-        checked, key, shape, dtype, n, alpha=alpha, bias=bias,
-        base_init=base_init, activation=activation,
-        class_balanced=class_balanced, chunk_size=chunk_size, **convolution)
+        checked,
+        key,
+        shape,
+        dtype,
+        n,
+        alpha=alpha,
+        bias=bias,
+        base_init=base_init,
+        activation=activation,
+        class_balanced=class_balanced,
+        chunk_size=chunk_size,
+        **convolution)
     scores_lib.warn_if_dropped(elected.dropped)
     return elected.kernel
 
@@ -463,8 +517,8 @@ def campaign_init(
 def _random_pick_kernel(key, *, base_init, shape, dtype, num_candidates):
   w = draw_candidates(key, base_init, shape, num_candidates, dtype)
   # A key folded from `key` picks; the candidates above use `key` itself.
-  picked = jax.random.choice(jax.random.fold_in(key, 1), num_candidates,
-                             (shape[-1],), replace=False)
+  picked = jax.random.choice(
+      jax.random.fold_in(key, 1), num_candidates, (shape[-1],), replace=False)
   return w[..., picked]
 
 
@@ -516,15 +570,16 @@ def random_pick_init(
     >>> bool((kernel[:, :, None] == candidates[:, None, :]).all(0).any(1).all())
     True
   """
-  validation.check_positive_int(num_candidates, "num_candidates",
-                                allow_none=True)
+  validation.check_positive_int(
+      num_candidates, "num_candidates", allow_none=True)
   validation.check_callables(base_init=base_init)
 
-  def init(key: jax.Array, shape: tuple[int, ...],
+  def init(key: jax.Array,
+           shape: tuple[int, ...],
            dtype: DTypeLike = jnp.float32) -> jax.Array:
-    shape, n, dtype = validation.check_init_call(
-        shape, num_candidates, dtype, CANDIDATES_PER_NEURON)
-    return _random_pick_kernel(key, base_init=base_init, shape=shape,
-                               dtype=dtype, num_candidates=n)
+    shape, n, dtype = validation.check_init_call(shape, num_candidates, dtype,
+                                                 CANDIDATES_PER_NEURON)
+    return _random_pick_kernel(
+        key, base_init=base_init, shape=shape, dtype=dtype, num_candidates=n)
 
   return init

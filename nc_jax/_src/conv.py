@@ -11,10 +11,10 @@ channels, computed as `flax.linen.Conv` computes them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import math
 import numbers
-from collections.abc import Sequence
 from typing import Any, Union
 
 import jax
@@ -45,8 +45,11 @@ class ConvSpec:
         rhs_spec=(n - 1, n - 2, *range(0, n - 2)),
         out_spec=(0, n - 1, *range(1, n - 1)))
     return jax.lax.conv_general_dilated(
-        rows, kernel.astype(rows.dtype), window_strides=self.strides,
-        padding=self.padding, rhs_dilation=self.dilation,
+        rows,
+        kernel.astype(rows.dtype),
+        window_strides=self.strides,
+        padding=self.padding,
+        rhs_dilation=self.dilation,
         dimension_numbers=dimensions)
 
   def positions(self, batch_shape: tuple[int, ...],
@@ -59,8 +62,8 @@ class ConvSpec:
     return math.prod(out[1:-1])
 
 
-def _per_axis(value: int | Sequence[int], rank: int, name: str
-              ) -> tuple[int, ...]:
+def _per_axis(value: int | Sequence[int], rank: int,
+              name: str) -> tuple[int, ...]:
   if isinstance(value, numbers.Integral):
     values = (value,) * rank
   elif isinstance(value, Sequence) and not isinstance(value, str):
@@ -95,8 +98,8 @@ def _padding(padding: Padding, rank: int) -> str | tuple[tuple[int, int], ...]:
   if isinstance(padding, numbers.Integral):
     padding = (padding,) * rank
   try:
-    pads = tuple((int(p), int(p)) if isinstance(p, numbers.Integral)
-                 else tuple(_pad(v) for v in p) for p in padding)
+    pads = tuple((int(p), int(p)) if isinstance(p, numbers.Integral) else tuple(
+        _pad(v) for v in p) for p in padding)
   except (TypeError, ValueError):
     pads = ()
   if len(pads) != rank or any(len(p) != 2 or min(p) < 0 for p in pads):
@@ -114,23 +117,26 @@ def check_options(strides: Any, padding: Any, kernel_dilation: Any,
   Raises:
     ValueError: naming the option, the value and the fix.
   """
-  options = {"strides": 1 if strides is None else strides,
-             "kernel_dilation": 1 if kernel_dilation is None else kernel_dilation}
+  options = {
+      "strides": 1 if strides is None else strides,
+      "kernel_dilation": 1 if kernel_dilation is None else kernel_dilation
+  }
   for name, value in options.items():
-    rank = (1 if isinstance(value, numbers.Integral)
-            else len(value) if isinstance(value, Sequence)
-            and not isinstance(value, str) else 0)
+    rank = (1 if isinstance(value, numbers.Integral) else len(value) if
+            isinstance(value, Sequence) and not isinstance(value, str) else 0)
     _per_axis(value, max(rank, 1) if rank else -1, name)
-  rank = (len(padding) if isinstance(padding, Sequence)
-          and not isinstance(padding, str) else 1)
+  rank = (
+      len(padding)
+      if isinstance(padding, Sequence) and not isinstance(padding, str) else 1)
   _padding(padding, rank)
-  if (not isinstance(feature_group_count, numbers.Integral)
-      or isinstance(feature_group_count, bool) or feature_group_count < 1):
-    raise ValueError(
-        f"`feature_group_count` must be a positive int, got "
-        f"{feature_group_count!r}.")
-  return {**options, "padding": padding,
-          "feature_group_count": feature_group_count}
+  if (not isinstance(feature_group_count, numbers.Integral) or
+      isinstance(feature_group_count, bool) or feature_group_count < 1):
+    raise ValueError(f"`feature_group_count` must be a positive int, got "
+                     f"{feature_group_count!r}.")
+  return {
+      **options, "padding": padding,
+      "feature_group_count": feature_group_count
+  }
 
 
 def conv_spec(batch_shape: tuple[int, ...], kernel_shape: tuple[int, ...], *,
@@ -157,8 +163,8 @@ def conv_spec(batch_shape: tuple[int, ...], kernel_shape: tuple[int, ...], *,
         f"`batch` must have shape (m, {', '.join(['size'] * rank)}, "
         f"in_features), got {batch_shape}; pass the images (or feature maps) "
         "that feed this layer, unflattened.")
-  if (not isinstance(feature_group_count, numbers.Integral)
-      or feature_group_count != 1):
+  if (not isinstance(feature_group_count, numbers.Integral) or
+      feature_group_count != 1):
     raise ValueError(
         f"`feature_group_count` is {feature_group_count!r}: grouped and "
         "depthwise convolutions are not supported by the campaign yet; leave "
@@ -168,11 +174,12 @@ def conv_spec(batch_shape: tuple[int, ...], kernel_shape: tuple[int, ...], *,
         f"`batch` has {batch_shape[-1]} channels but the kernel expects "
         f"{kernel_shape[-2]} input features; pass the activations that feed "
         "this layer.")
-  spec = ConvSpec(_per_axis(strides, rank, "strides"), _padding(padding, rank),
-                  _per_axis(kernel_dilation, rank, "kernel_dilation"))
+  spec = ConvSpec(
+      _per_axis(strides, rank, "strides"), _padding(padding, rank),
+      _per_axis(kernel_dilation, rank, "kernel_dilation"))
   if spec.positions(batch_shape, kernel_shape) < 1:
-    window = tuple((k - 1) * d + 1
-                   for k, d in zip(kernel_shape[:-2], spec.dilation))
+    window = tuple(
+        (k - 1) * d + 1 for k, d in zip(kernel_shape[:-2], spec.dilation))
     raise ValueError(
         f"the {window} window (dilated) is larger than the padded "
         f"input {batch_shape[1:-1]} (padding {spec.padding!r}), so the "

@@ -12,10 +12,10 @@ import functools
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from jax.experimental import checkify
+import jax.numpy as jnp
 from jax.typing import ArrayLike
+import numpy as np
 
 from nc_jax._src import placement
 from nc_jax._src import validation
@@ -34,8 +34,9 @@ _BASIS_BLOCK = 512
 _LARGE_ELECTION = 2**30
 
 
-def _quota_step(carry: tuple[jax.Array, jax.Array],
-                size: jax.Array) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+def _quota_step(
+    carry: tuple[jax.Array, jax.Array],
+    size: jax.Array) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
   """One group of the water filling: its size, or its fair share if smaller."""
   remaining, groups_left = carry
   quota = jnp.minimum(size, remaining // jnp.maximum(groups_left, 1))
@@ -83,7 +84,7 @@ def class_quotas(group_sizes: ArrayLike, k: int) -> jax.Array:
   if not isinstance(group_sizes, jax.Array):
     group_sizes = np.asarray(group_sizes)
   if group_sizes.ndim != 1 or not jnp.issubdtype(group_sizes.dtype,
-                                                  jnp.integer):
+                                                 jnp.integer):
     raise ValueError(
         f"`group_sizes` must be int sizes of shape (G,), got dtype "
         f"{group_sizes.dtype} and shape {group_sizes.shape}; sizes count "
@@ -99,8 +100,8 @@ def class_quotas(group_sizes: ArrayLike, k: int) -> jax.Array:
           f"the groups hold {int(values.sum())} candidates, fewer than k={k}; "
           "draw more candidates or elect fewer neurons.")
   else:
-    checkify.debug_check(jnp.all(group_sizes >= 0),
-                         "`group_sizes` must be non-negative.")
+    checkify.debug_check(
+        jnp.all(group_sizes >= 0), "`group_sizes` must be non-negative.")
   return _class_quotas(jnp.asarray(group_sizes, jnp.int32), k)
 
 
@@ -146,15 +147,16 @@ def _residuals(state: _ElectionState, vectors: jax.Array,
   directions orthonormal to working precision. With `block` smaller than the
   basis, only the blocks of directions filled so far are read.
   """
+
   # The candidates or directions go in front, `(rows, fan_in) @ (fan_in,
   # few)`: the faster orientation on CPU (docs/speed.md).
   def project_off(b, projected, original):
     start = b * block
     basis = jax.lax.dynamic_slice_in_dim(state.basis, start, block)
-    same = jax.lax.dynamic_slice_in_dim(state.basis_group, start, block)[
-        :, None] == vector_group[None, :]
-    coefficient = jnp.where(
-        same, placement.exact_matmul(basis, original.T), 0.0)
+    same = jax.lax.dynamic_slice_in_dim(state.basis_group, start,
+                                        block)[:, None] == vector_group[None, :]
+    coefficient = jnp.where(same, placement.exact_matmul(basis, original.T),
+                            0.0)
     return projected - placement.exact_matmul(coefficient.T, basis)
 
   for _ in range(2):
@@ -162,13 +164,15 @@ def _residuals(state: _ElectionState, vectors: jax.Array,
       vectors = project_off(0, vectors, vectors)
     else:
       vectors = jax.lax.fori_loop(
-          0, -(-state.filled // block),
-          lambda b, v, o=vectors: project_off(b, v, o), vectors)
+          0,
+          -(-state.filled // block),
+          lambda b, v, o=vectors: project_off(b, v, o),
+          vectors)
   return vectors
 
 
-def _choose(consts: _ElectionConstants, state: _ElectionState
-            ) -> tuple[jax.Array, jax.Array]:
+def _choose(consts: _ElectionConstants,
+            state: _ElectionState) -> tuple[jax.Array, jax.Array]:
   """Each group's best open candidate by `shifted score * ||R_j|| / ||W_j||`.
 
   A candidate whose residual is exhausted has value 0; a group with no
@@ -181,14 +185,15 @@ def _choose(consts: _ElectionConstants, state: _ElectionState
   """
   spent = state.residual_sq <= _RESIDUAL_RTOL**2 * consts.norm_sq
   fraction = jnp.where(
-      spent, 0.0, jnp.sqrt(state.residual_sq / jnp.where(
-          consts.norm_sq > 0, consts.norm_sq, 1)))
+      spent, 0.0,
+      jnp.sqrt(state.residual_sq /
+               jnp.where(consts.norm_sq > 0, consts.norm_sq, 1)))
   open_ = consts.member & state.eligible[None, :]  # (G, S)
   value = jnp.where(open_, (consts.shifted * fraction)[None, :], -jnp.inf)
   best = jnp.argmax(value, axis=1)
   projects = jnp.take_along_axis(value, best[:, None], axis=1)[:, 0] > 0
-  fallback = jnp.argmax(jnp.where(open_, consts.scores[None, :], -jnp.inf),
-                        axis=1)
+  fallback = jnp.argmax(
+      jnp.where(open_, consts.scores[None, :], -jnp.inf), axis=1)
   return jnp.where(projects, best, fallback), projects
 
 
@@ -212,8 +217,8 @@ def _check_picks(consts: _ElectionConstants, state: _ElectionState,
   return _PickCheck(residual, residual_sq, spent, refresh)
 
 
-def _exact_residual_sq(consts: _ElectionConstants, state: _ElectionState
-                       ) -> jax.Array:
+def _exact_residual_sq(consts: _ElectionConstants,
+                       state: _ElectionState) -> jax.Array:
   """Every candidate's ||R_j||^2, recomputed from W and the directions."""
   residual = _residuals(state, consts.rows, consts.groups, consts.block)
   return jnp.sum(residual * residual, axis=1)
@@ -231,8 +236,9 @@ def _downdated_residual_sq(consts: _ElectionConstants, state: _ElectionState,
   return jnp.maximum(state.residual_sq - coefficient**2, 0.0)
 
 
-def _elect_round(consts: _ElectionConstants, state: _ElectionState
-                 ) -> tuple[_ElectionState, jax.Array, jax.Array]:
+def _elect_round(
+    consts: _ElectionConstants,
+    state: _ElectionState) -> tuple[_ElectionState, jax.Array, jax.Array]:
   """Every group that still owes picks elects one candidate (Step 4).
 
   Returns the new state, the picks (-1 for groups that did not pick), and
@@ -257,11 +263,12 @@ def _elect_round(consts: _ElectionConstants, state: _ElectionState
       residual_sq=jax.lax.cond(
           check.refresh, lambda: _exact_residual_sq(consts, state),
           lambda: _downdated_residual_sq(consts, state, direction)),
-      eligible=state.eligible & ~jnp.zeros_like(state.eligible).at[pick].max(
-          elects),
+      eligible=state.eligible
+      & ~jnp.zeros_like(state.eligible).at[pick].max(elects),
       owed=state.owed - elects,
       refreshed=check.refresh)
-  return new_state, jnp.where(elects, pick, -1).astype(jnp.int32), ~check.refresh
+  return new_state, jnp.where(elects, pick,
+                              -1).astype(jnp.int32), ~check.refresh
 
 
 # The performance layer: how candidates are laid out ------------------------
@@ -281,8 +288,8 @@ def _is_large(num_candidates: int, fan_in: int, num_groups: int,
   return num_candidates * fan_in * -(-k // num_groups) >= _LARGE_ELECTION
 
 
-def _tiled_layout(groups: jax.Array, sizes: jax.Array
-                  ) -> tuple[jax.Array, jax.Array]:
+def _tiled_layout(groups: jax.Array,
+                  sizes: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Candidates laid out group by group, each group in whole tiles.
 
   Every tile of the layout then belongs to one group, so a round's downdate
@@ -303,13 +310,13 @@ def _tiled_layout(groups: jax.Array, sizes: jax.Array
   tile_end = jnp.cumsum(group_tiles)
   order = jnp.argsort(groups, stable=True)
   group = groups[order]
-  slot = ((tile_end - group_tiles)[group] * tile
-          + jnp.arange(n) - (jnp.cumsum(sizes) - sizes)[group])
-  owner = jnp.full(num_tiles * tile, n, jnp.int32).at[slot].set(
-      order.astype(jnp.int32))
+  slot = ((tile_end - group_tiles)[group] * tile + jnp.arange(n) -
+          (jnp.cumsum(sizes) - sizes)[group])
+  owner = jnp.full(num_tiles * tile, n,
+                   jnp.int32).at[slot].set(order.astype(jnp.int32))
   # Tile t belongs to the first group whose tiles end after it.
-  tile_group = jnp.sum(jnp.arange(num_tiles)[:, None] >= tile_end[None, :],
-                       axis=1)
+  tile_group = jnp.sum(
+      jnp.arange(num_tiles)[:, None] >= tile_end[None, :], axis=1)
   return owner, tile_group.astype(jnp.int32)
 
 
@@ -317,13 +324,15 @@ def _own_group_coefficients(consts: _ElectionConstants,
                             direction: jax.Array) -> jax.Array:
   """`u_g . W_j` for every slot j, with g the slot's group: `(S,)`."""
   if consts.tile_group is None:  # every candidate against every direction
-    return jnp.take_along_axis(placement.exact_matmul(
-        consts.rows, direction.T), consts.groups[:, None], axis=1)[:, 0]
+    return jnp.take_along_axis(
+        placement.exact_matmul(consts.rows, direction.T),
+        consts.groups[:, None],
+        axis=1)[:, 0]
   num_tiles = consts.tile_group.shape[0]  # one product per tile
   return placement.exact_matmul(
       consts.rows.reshape(num_tiles, -1, consts.rows.shape[1]),
-      direction.at[consts.tile_group].get(mode="fill", fill_value=0)[
-          ..., None]).reshape(-1)
+      direction.at[consts.tile_group].get(mode="fill",
+                                          fill_value=0)[..., None]).reshape(-1)
 
 
 # The election ----------------------------------------------------------------
@@ -342,8 +351,10 @@ def elect(candidates: jax.Array, scores: jax.Array, groups: jax.Array,
   w = candidates.astype(placement.compute_dtype(candidates.dtype))
   scores = scores.astype(w.dtype)
   fan_in, num_candidates = w.shape
-  sizes = jnp.sum(groups[None, :] == jnp.arange(num_groups)[:, None], axis=1,
-                  dtype=jnp.int32)
+  sizes = jnp.sum(
+      groups[None, :] == jnp.arange(num_groups)[:, None],
+      axis=1,
+      dtype=jnp.int32)
   if _is_large(num_candidates, fan_in, num_groups, k):
     owner, tile_group = _tiled_layout(groups, sizes)
     # Slot s holds candidate owner[s]; index N is a padding candidate.
@@ -378,9 +389,12 @@ def elect(candidates: jax.Array, scores: jax.Array, groups: jax.Array,
   len_basis = -(-k // block) * block  # whole blocks
   state = _ElectionState(
       basis=jnp.zeros((len_basis, fan_in), w.dtype),
-      basis_group=jnp.full(len_basis, -1, jnp.int32), filled=jnp.asarray(0),
-      residual_sq=norm_sq, eligible=jnp.ones(norm_sq.shape, bool),
-      owed=_class_quotas(sizes, k), refreshed=jnp.asarray(False))
+      basis_group=jnp.full(len_basis, -1, jnp.int32),
+      filled=jnp.asarray(0),
+      residual_sq=norm_sq,
+      eligible=jnp.ones(norm_sq.shape, bool),
+      owed=_class_quotas(sizes, k),
+      refreshed=jnp.asarray(False))
   _, picks, _ = jax.lax.while_loop(
       lambda carry: jnp.any(carry[0].owed > 0), round_,
       (state, jnp.full((k, num_groups), -1, jnp.int32), jnp.asarray(0)))
@@ -397,20 +411,22 @@ def elect(candidates: jax.Array, scores: jax.Array, groups: jax.Array,
 # on a top-level jit only.
 _CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 _elect = jax.jit(elect, static_argnames=("num_groups", "k"))
-_elect_cpu = jax.jit(elect, static_argnames=("num_groups", "k"),
-                     compiler_options=_CPU_COMPILER_OPTIONS)
+_elect_cpu = jax.jit(
+    elect,
+    static_argnames=("num_groups", "k"),
+    compiler_options=_CPU_COMPILER_OPTIONS)
 
 
-def elect_compiled(candidates: jax.Array, scores: jax.Array,
-                   groups: jax.Array, num_groups: int, k: int) -> jax.Array:
+def elect_compiled(candidates: jax.Array, scores: jax.Array, groups: jax.Array,
+                   num_groups: int, k: int) -> jax.Array:
   """`elect`, compiled on its own: on CPU, outside any trace and not large,
   with `_CPU_COMPILER_OPTIONS`; inside a trace, inlined into the caller's."""
   fan_in, num_candidates = candidates.shape
-  cpu = (placement.is_concrete(scores)
-         and placement.platform(scores) == "cpu"
-         and not _is_large(num_candidates, fan_in, num_groups, k))
-  return (_elect_cpu if cpu else _elect)(candidates, scores, groups,
-                                         num_groups=num_groups, k=k)
+  cpu = (
+      placement.is_concrete(scores) and placement.platform(scores) == "cpu" and
+      not _is_large(num_candidates, fan_in, num_groups, k))
+  return (_elect_cpu if cpu else _elect)(
+      candidates, scores, groups, num_groups=num_groups, k=k)
 
 
 def select_neurons(

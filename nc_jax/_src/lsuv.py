@@ -1,18 +1,18 @@
-"""LSUV: layer-sequential unit-variance initialization, on the campaign's walk."""
+"""LSUV: layer-sequential unit-variance init, on the campaign's walk."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
 import numbers
-from collections.abc import Mapping
 from typing import Any
 
+from flax import nnx
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import nnx
-import numpy as np
 from jax.typing import ArrayLike
+import numpy as np
 
 from nc_jax._src import traversal
 from nc_jax._src import validation
@@ -28,15 +28,16 @@ class _LsuvRule(traversal.Rule):
   max_iters: int
   orthogonal: bool
 
-  def __call__(self, layer: traversal.Layer, key: jax.Array,
-               labels: jax.Array | None
-               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def __call__(
+      self, layer: traversal.Layer, key: jax.Array,
+      labels: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
     del labels
     spec = layer.spec
     dtype = layer.kernel.dtype
     if self.orthogonal:
-      kernel = _ORTHOGONAL(jax.random.fold_in(key, spec.index),
-                           spec.flat_shape, dtype).reshape(spec.kernel_shape)
+      kernel = _ORTHOGONAL(
+          jax.random.fold_in(key, spec.index), spec.flat_shape,
+          dtype).reshape(spec.kernel_shape)
     else:
       kernel = layer.kernel
 
@@ -56,23 +57,25 @@ class _LsuvRule(traversal.Rule):
     kernel, output, v, iterations = jax.lax.while_loop(
         lambda c: (c[3] < self.max_iters) & ~settled(c[2]), rescale,
         (kernel, *measured(kernel), jnp.int32(0)))
-    return kernel, {"lsuv_iterations": iterations,
-                    "converged": jnp.abs(v - 1.0) < self.tol, "variance": v,
-                    "output": output}
+    return kernel, {
+        "lsuv_iterations": iterations,
+        "converged": jnp.abs(v - 1.0) < self.tol,
+        "variance": v,
+        "output": output
+    }
 
 
 _ORTHOGONAL = jax.nn.initializers.orthogonal()
 
 
-def _lsuv_rule(tol: float, max_iters: int, orthogonal: bool
-               ) -> traversal.RuleFactory:
-  if (not isinstance(tol, numbers.Real) or isinstance(tol, bool)
-      or not 0 < tol < 1):
+def _lsuv_rule(tol: float, max_iters: int,
+               orthogonal: bool) -> traversal.RuleFactory:
+  if (not isinstance(tol, numbers.Real) or isinstance(tol, bool) or
+      not 0 < tol < 1):
     raise ValueError(f"`tol` must be a float in (0, 1), got {tol!r}.")
   validation.check_positive_int(max_iters, "max_iters")
   if not isinstance(orthogonal, bool | np.bool_):
-    raise TypeError(
-        f"`orthogonal` must be True or False, got {orthogonal!r}.")
+    raise TypeError(f"`orthogonal` must be True or False, got {orthogonal!r}.")
   rule = _LsuvRule(float(tol), int(max_iters), bool(orthogonal))
   return lambda plan: rule
 
@@ -99,7 +102,8 @@ def lsuv_linen(
   `tol` is a warning naming it). Outputs come from the layer's own call on
   its captured input, a compiled loop on that layer alone: the walk is
   `campaign_linen`'s (one compiled program, also inside the caller's
-  `jax.jit`), with this rule instead of the election. `init_key, lsuv_key = jax.random.split(key)`;
+  `jax.jit`), with this rule instead of the election.
+  `init_key, lsuv_key = jax.random.split(key)`;
   `model.init(init_key, x[:2])` initializes everything else and layer `i`'s
   orthogonal draw uses `jax.random.fold_in(lsuv_key, i)`.
 
@@ -146,9 +150,17 @@ def lsuv_linen(
   x, _, _ = validation.check_model_batch(x, None, None)
   rule = _lsuv_rule(tol, max_iters, orthogonal=variables is None)
   out, made = traversal.walk_linen(
-      model, validation.as_key(key), x, None, rule, layers=layers,
-      progress=progress, desc="LSUV", model_kwargs=model_kwargs,
-      report=bool(report), variables=variables)
+      model,
+      validation.as_key(key),
+      x,
+      None,
+      rule,
+      layers=layers,
+      progress=progress,
+      desc="LSUV",
+      model_kwargs=model_kwargs,
+      report=bool(report),
+      variables=variables)
   return (out, made) if report else out
 
 
@@ -211,7 +223,13 @@ def lsuv_nnx(
   """
   x, _, _ = validation.check_model_batch(x, None, None)
   return traversal.walk_nnx(
-      model, validation.as_key(key), x, None,
-      _lsuv_rule(tol, max_iters, orthogonal), layers=layers,
-      progress=progress, desc="LSUV", model_kwargs=model_kwargs,
+      model,
+      validation.as_key(key),
+      x,
+      None,
+      _lsuv_rule(tol, max_iters, orthogonal),
+      layers=layers,
+      progress=progress,
+      desc="LSUV",
+      model_kwargs=model_kwargs,
       report=bool(report))

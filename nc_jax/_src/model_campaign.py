@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 import numbers
-from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Union, get_args
 
+from flax import nnx
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import nnx
 from jax.typing import ArrayLike
+import numpy as np
 
 from nc_jax._src import campaign
 from nc_jax._src import conv
@@ -66,9 +66,10 @@ def _alphas(alpha: AlphaSchedule, count: int) -> tuple[float, ...]:
   return tuple(float(a) for a in values)
 
 
-def _activation_for(activation: Activations, plan: traversal.Plan
-                    ) -> Callable[[str], Activation]:
+def _activation_for(activation: Activations,
+                    plan: traversal.Plan) -> Callable[[str], Activation]:
   """Resolves `activation` to a function of the layer path."""
+
   def default(path: str) -> Activation:
     return _identity if path == plan.output else jax.nn.relu
 
@@ -99,6 +100,7 @@ def _activation_for(activation: Activations, plan: traversal.Plan
           f"`activation({path!r})` returned {type(act).__name__}, not an "
           "activation function.")
     return act
+
   return by_path
 
 
@@ -139,8 +141,10 @@ class _CampaignRule(traversal.Rule):
 
   def describe(self, spec: traversal.LayerSpec) -> dict[str, Any]:
     fan_out = self._shape(spec)[-1]
-    return {"candidates": self.candidates_per_neuron * fan_out,
-            "elected": fan_out}
+    return {
+        "candidates": self.candidates_per_neuron * fan_out,
+        "elected": fan_out
+    }
 
   def refusal(self, spec: traversal.LayerSpec) -> str | None:
     options = spec.geometry.conv_options
@@ -153,9 +157,9 @@ class _CampaignRule(traversal.Rule):
       return str(error)
     return None
 
-  def __call__(self, layer: traversal.Layer, key: jax.Array,
-               labels: jax.Array | None
-               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def __call__(
+      self, layer: traversal.Layer, key: jax.Array,
+      labels: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
     spec = layer.spec
     shape = self._shape(spec)
     num_candidates = self.candidates_per_neuron * shape[-1]
@@ -163,8 +167,8 @@ class _CampaignRule(traversal.Rule):
     key = jax.random.fold_in(key, spec.index)
     dtype = layer.kernel.dtype
     if self.elect == "random":
-      kernel = campaign.random_pick_init(num_candidates=num_candidates,
-                                         base_init=draw_from)(key, shape, dtype)
+      kernel = campaign.random_pick_init(
+          num_candidates=num_candidates, base_init=draw_from)(key, shape, dtype)
       return kernel.reshape(spec.kernel_shape), {}
     rows, positions = layer.rows()
     if not spec.geometry.conv:
@@ -176,11 +180,17 @@ class _CampaignRule(traversal.Rule):
     if layer.row_sharding is not None:  # scored where the rows lie
       checked = checked._replace(row_sharding=layer.row_sharding)
     elected = campaign.score_and_elect(
-        checked, key, shape,
-        dtype, num_candidates, alpha=jnp.float32(self.alphas[spec.index]),
-        bias=bias, base_init=draw_from,
+        checked,
+        key,
+        shape,
+        dtype,
+        num_candidates,
+        alpha=jnp.float32(self.alphas[spec.index]),
+        bias=bias,
+        base_init=draw_from,
         activation=self.activations[spec.index],
-        class_balanced=self.class_balanced, chunk_size=self.chunk_size,
+        class_balanced=self.class_balanced,
+        chunk_size=self.chunk_size,
         **(spec.geometry.conv_options or {}))
     # A non-constant bias is refused after the walk (`WalkReport.check`);
     # its kernel is NaN meanwhile, never plausible.
@@ -191,17 +201,18 @@ class _CampaignRule(traversal.Rule):
         "dropped_input": elected.dropped.input_info,
         "dropped_label": elected.dropped.label_info,
         "overflowed": elected.dropped.overflowed,
-        "bias_constant": constant}
+        "bias_constant": constant
+    }
 
 
-def _campaign_rule(num_classes: int | None, *,
-                   alpha: AlphaSchedule, activation: Activations,
-                   candidates_per_neuron: int,
+def _campaign_rule(num_classes: int | None, *, alpha: AlphaSchedule,
+                   activation: Activations, candidates_per_neuron: int,
                    base_init: Initializer | None, class_balanced: bool,
                    chunk_size: int | None,
                    elect: Elect) -> traversal.RuleFactory:
   validation.check_positive_int(
-      candidates_per_neuron, "candidates_per_neuron",
+      candidates_per_neuron,
+      "candidates_per_neuron",
       hint="candidates drawn per elected neuron; the paper uses 5")
   if not isinstance(elect, str) or elect not in get_args(Elect):
     raise ValueError(
@@ -218,8 +229,12 @@ def _campaign_rule(num_classes: int | None, *,
         alphas=_alphas(alpha, len(plan.layers)),
         activations=tuple(activation_of(p) for p in plan.paths),
         candidates_per_neuron=int(candidates_per_neuron),
-        base_init=base_init, class_balanced=bool(class_balanced),
-        num_classes=num_classes, chunk_size=chunk_size, elect=elect)
+        base_init=base_init,
+        class_balanced=bool(class_balanced),
+        num_classes=num_classes,
+        chunk_size=chunk_size,
+        elect=elect)
+
   return make_rule
 
 
@@ -244,9 +259,10 @@ def campaign_linen(
 ) -> dict[str, Any] | tuple[dict[str, Any], WalkReport]:
   """Initializes a flax.linen model with every kernel elected by a campaign.
 
-  `init_key, campaign_key = jax.random.split(key)`; `model.init(init_key, x[:2])`
-  gives every variable its own init, then one forward pass of `x` visits the
-  `Dense`, `DenseGeneral` and `Conv` layers in call order. Layer `i`
+  `init_key, campaign_key = jax.random.split(key)`;
+  `model.init(init_key, x[:2])` gives every variable its own init, then one
+  forward pass of `x` visits the `Dense`, `DenseGeneral` and `Conv` layers
+  in call order. Layer `i`
   (counting the layers taking part) gets `campaign_init(inputs_i, y,
   ...)(jax.random.fold_in(campaign_key, i), shape, dtype)`, where `inputs_i`
   is its input in that pass, produced by the layers already elected
@@ -325,12 +341,24 @@ def campaign_linen(
   """
   x, labels, num_classes = validation.check_model_batch(x, y, num_classes)
   make_rule = _campaign_rule(
-      num_classes, alpha=alpha, activation=activation,
-      candidates_per_neuron=candidates_per_neuron, base_init=base_init,
-      class_balanced=class_balanced, chunk_size=chunk_size, elect=elect)
+      num_classes,
+      alpha=alpha,
+      activation=activation,
+      candidates_per_neuron=candidates_per_neuron,
+      base_init=base_init,
+      class_balanced=class_balanced,
+      chunk_size=chunk_size,
+      elect=elect)
   variables, made = traversal.walk_linen(
-      model, validation.as_key(key), x, labels, make_rule, layers=layers,
-      progress=progress, desc="campaign", model_kwargs=model_kwargs,
+      model,
+      validation.as_key(key),
+      x,
+      labels,
+      make_rule,
+      layers=layers,
+      progress=progress,
+      desc="campaign",
+      model_kwargs=model_kwargs,
       report=bool(report))
   return (variables, made) if report else variables
 
@@ -429,10 +457,22 @@ def campaign_nnx(
   """
   x, labels, num_classes = validation.check_model_batch(x, y, num_classes)
   make_rule = _campaign_rule(
-      num_classes, alpha=alpha, activation=activation,
-      candidates_per_neuron=candidates_per_neuron, base_init=base_init,
-      class_balanced=class_balanced, chunk_size=chunk_size, elect=elect)
+      num_classes,
+      alpha=alpha,
+      activation=activation,
+      candidates_per_neuron=candidates_per_neuron,
+      base_init=base_init,
+      class_balanced=class_balanced,
+      chunk_size=chunk_size,
+      elect=elect)
   return traversal.walk_nnx(
-      model, validation.as_key(key), x, labels, make_rule, layers=layers,
-      progress=progress, desc="campaign", model_kwargs=model_kwargs,
+      model,
+      validation.as_key(key),
+      x,
+      labels,
+      make_rule,
+      layers=layers,
+      progress=progress,
+      desc="campaign",
+      model_kwargs=model_kwargs,
       report=bool(report))

@@ -8,8 +8,8 @@ dtype and matmul precision the statistics use.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
+import functools
 from typing import Any, TypeVar
 
 import jax
@@ -41,7 +41,7 @@ def platform(x: object) -> str:
 
 
 def compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
-  """The dtype statistics are accumulated in: float32, or wider if given wider."""
+  """The dtype statistics accumulate in: float32, or wider if given wider."""
   if jnp.issubdtype(dtype, jnp.floating):
     return jnp.promote_types(dtype, jnp.float32)
   return jnp.dtype(jnp.float32)
@@ -49,12 +49,15 @@ def compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
 
 # Products whose float32 results feed cancelling differences (sums of squares,
 # projections) must be exact float32: no TF32 or bf16 passes on GPU/TPU.
-exact_matmul = functools.partial(jnp.matmul,
-                                 precision=jax.lax.Precision.HIGHEST)
+exact_matmul = functools.partial(
+    jnp.matmul, precision=jax.lax.Precision.HIGHEST)
 
 
-def auto_chunk_size(chunk_size: int | None, m: int, num_candidates: int,
-                    on: str, positions: int = 1) -> int | None:
+def auto_chunk_size(chunk_size: int | None,
+                    m: int,
+                    num_candidates: int,
+                    on: str,
+                    positions: int = 1) -> int | None:
   """`chunk_size`, or platform `on`'s default for m rows of `positions`
   samples each (a convolution's output positions; 1 for a dense layer) and
   N candidates. None: the whole batch at once."""
@@ -88,14 +91,15 @@ def auto_axes(a: jax.Array | None) -> jax.Array | None:
     return a
   mesh = sharding.mesh
   auto = jax.sharding.Mesh(
-      mesh.devices, mesh.axis_names,
+      mesh.devices,
+      mesh.axis_names,
       axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
   return jax.device_put(a, jax.sharding.NamedSharding(auto, sharding.spec))
 
 
-def placement(x: jax.Array, labels: jax.Array | None
-              ) -> tuple[jax.Array, jax.Array | None, jax.Array,
-                         RowSharding | None]:
+def placement(
+    x: jax.Array, labels: jax.Array | None
+) -> tuple[jax.Array, jax.Array | None, jax.Array, RowSharding | None]:
   """`(x, labels, first_row, row_sharding)`: the batch placed for scoring.
 
   `x` and `labels` come back on Auto mesh axes (`auto_axes`); `first_row` is
@@ -108,12 +112,13 @@ def placement(x: jax.Array, labels: jax.Array | None
     return x, labels, None, None
   x, labels = auto_axes(x), auto_axes(labels)
   sharding = x.sharding if isinstance(x, jax.Array) else None
-  if (not isinstance(sharding, jax.sharding.NamedSharding)
-      or len(sharding.device_set) < 2 or not sharding.spec
-      or sharding.spec[0] is None or any(sharding.spec[1:])):
+  if (not isinstance(sharding, jax.sharding.NamedSharding) or
+      len(sharding.device_set) < 2 or not sharding.spec or
+      sharding.spec[0] is None or any(sharding.spec[1:])):
     return x, labels, x[:1], None
-  first_row = jax.device_put(x[:1], jax.sharding.NamedSharding(
-      sharding.mesh, jax.sharding.PartitionSpec()))
+  first_row = jax.device_put(
+      x[:1],
+      jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
   return x, labels, first_row, (sharding.mesh, sharding.spec[0])
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 import dataclasses
 import math
-import warnings
-from collections.abc import Mapping, Sequence
 from typing import Any
+import warnings
 
 import jax
 import numpy as np
@@ -74,16 +74,21 @@ class WalkReport:
     """The report of `rule`'s walk over `plan` (`traversal.Plan`, `Rule`)."""
     static = []
     for i, spec in enumerate(plan.layers):
-      row = {"path": spec.path, "kernel_shape": spec.kernel_shape,
-             **rule.describe(spec),
-             "seconds": math.nan if seconds is None else float(seconds[i])}
+      row = {
+          "path":
+              spec.path,
+          "kernel_shape":
+              spec.kernel_shape,
+          **rule.describe(spec), "seconds":
+              math.nan if seconds is None else float(seconds[i])
+      }
       static.append(tuple(row.items()))
     return cls(tuple(static), tuple(dict(row) for row in values))
 
   @property
   def concrete(self) -> bool:
-    return all(placement.is_concrete(v) for row in self.values
-               for v in row.values())
+    return all(
+        placement.is_concrete(v) for row in self.values for v in row.values())
 
   def rows(self) -> list[dict[str, Any]]:
     """The rows as dicts of Python values."""
@@ -93,8 +98,9 @@ class WalkReport:
       for key, value in values.items():
         if key in ("dropped_input", "dropped_label", "overflowed"):
           continue
-        row[key] = (value.tolist() if self.concrete and hasattr(value, "tolist")
-                    else value)
+        row[key] = (
+            value.tolist()
+            if self.concrete and hasattr(value, "tolist") else value)
       if "dropped_input" in values:
         row["dropped"] = _dropped(values) if self.concrete else None
       out.append({k: row[k] for k, _ in _COLUMNS if k in row})
@@ -103,11 +109,14 @@ class WalkReport:
   def __str__(self) -> str:
     rows = self.rows()
     columns = [(k, h) for k, h in _COLUMNS if any(k in r for r in rows)]
-    cells = [[h for _, h in columns]] + [
-        [_cell(r.get(k)) for k, _ in columns] for r in rows]
+    cells = [[h for _, h in columns]
+            ] + [[_cell(r.get(k)) for k, _ in columns] for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip()
-             for line in cells]
+    lines = [
+        "  ".join(c.ljust(w)
+                  for c, w in zip(line, widths)).rstrip()
+        for line in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -127,24 +136,25 @@ class WalkReport:
             "layer a constant `bias_init` (zeros, as published) or leave it "
             "out with `layers=`.")
       if "dropped_input" in values:
-        scores_lib.warn_if_dropped(scores_lib.Dropped(
-            values["dropped_input"], values["dropped_label"],
-            values["overflowed"]), where)
+        scores_lib.warn_if_dropped(
+            scores_lib.Dropped(values["dropped_input"], values["dropped_label"],
+                               values["overflowed"]), where)
       if "converged" in values and not bool(values["converged"]):
         variance = float(values["variance"])
         if not math.isfinite(variance) or variance == 0.0:
           why = (f"has output variance {variance} on the batch (dead or "
                  "constant input); its kernel is kept unscaled")
         else:
-          why = (f"ends with output variance {variance:.4g} after "
+          why = (f"ends with output variance {variance:.8g} after "
                  f"{int(values['lsuv_iterations'])} rescalings, not within "
                  "`tol` of 1; raise `max_iters` or `tol`")
         warnings.warn(f"LSUV: {where}{why}.", stacklevel=5)
 
 
 def _dropped(values: Mapping[str, Any]) -> str:
-  parts = [name for name in ("input", "label")
-           if bool(values[f"dropped_{name}"])]
+  parts = [
+      name for name in ("input", "label") if bool(values[f"dropped_{name}"])
+  ]
   if int(values["overflowed"]):
     parts.append(f"{int(values['overflowed'])} overflowed")
   return ", ".join(parts)

@@ -9,11 +9,11 @@ those moments. `campaign_scores` is the one entry point for a layer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import functools
-import warnings
-from collections.abc import Callable
 from typing import NamedTuple
+import warnings
 
 import jax
 import jax.flatten_util
@@ -24,16 +24,12 @@ from nc_jax._src import placement
 from nc_jax._src import validation
 from nc_jax._src.conv import ConvSpec
 from nc_jax._src.types import Activation
+from nc_jax._src.types import CriterionDroppedWarning
 
 # A norm at most this fraction of the responses' scale counts as zero
 # (docs/algorithm.md#tolerances): rounding leaves ~1e-7 relative residue where
 # the exact value is 0.
 _ZERO_RTOL = 1e-5
-
-
-class CriterionDroppedWarning(UserWarning):
-  """A criterion of the campaign's score carries no information on the batch."""
-
 
 # Deviations from the shift are summed as they are while their peak lies in
 # [2**-_SCALE_BITS, 2**_SCALE_BITS); a candidate's deviations outside it are
@@ -56,9 +52,11 @@ class ClassMoments(NamedTuple):
 
   count: jax.Array  # (C,) samples per class
   mean: jax.Array  # (C, N) class means of z - shift, in units 2**exponent
-  m2: jax.Array  # (C, N) sums of squared deviations from the class mean, units 4**exponent
+  # (C, N) sums of squared deviations from the class mean, units 4**exponent
+  m2: jax.Array
   shift: jax.Array  # (N,) reference response subtracted before summing
-  exponent: jax.Array  # (N,) int32, 0 unless a candidate's responses are huge or tiny
+  # (N,) int32, 0 unless a candidate's responses are huge or tiny
+  exponent: jax.Array
 
 
 class ClassSums(NamedTuple):
@@ -96,8 +94,9 @@ def _scale_exponent(d: jax.Array) -> jax.Array:
   `[2**-_SCALE_BITS, 2**_SCALE_BITS)`, `_NO_SCALE` for an all-zero column."""
   peak = jnp.max(jnp.abs(d), axis=0)
   _, exponent = jnp.frexp(peak)  # peak = f * 2**exponent, f in [0.5, 1)
-  exponent = (jnp.maximum(exponent - _SCALE_BITS, 0)
-              + jnp.minimum(exponent + _SCALE_BITS, 0))
+  exponent = (
+      jnp.maximum(exponent - _SCALE_BITS, 0) +
+      jnp.minimum(exponent + _SCALE_BITS, 0))
   return jnp.where(peak > 0, exponent, _NO_SCALE).astype(jnp.int32)
 
 
@@ -121,8 +120,11 @@ def add_sums(a: ClassSums, b: ClassSums) -> ClassSums:
                    exponent)
 
 
-def class_sums(z: jax.Array, labels: jax.Array | None, num_classes: int,
-               shift: jax.Array, scaled: bool = True) -> ClassSums:
+def class_sums(z: jax.Array,
+               labels: jax.Array | None,
+               num_classes: int,
+               shift: jax.Array,
+               scaled: bool = True) -> ClassSums:
   """Per-class count, sum and sum of squares of each column of `z - shift`.
 
   One pass of one-hot products, so nothing loops over samples or classes.
@@ -147,9 +149,9 @@ def class_sums(z: jax.Array, labels: jax.Array | None, num_classes: int,
     first, second = d[:, 0], (d * d)[:, 0]
   else:
     first, second = d.sum(axis=1), (d * d).sum(axis=1)
-  return ClassSums(onehot.sum(axis=0) * d.shape[1],
-                   placement.exact_matmul(onehot.T, first),
-                   placement.exact_matmul(onehot.T, second), exponent)
+  return ClassSums(
+      onehot.sum(axis=0) * d.shape[1], placement.exact_matmul(onehot.T, first),
+      placement.exact_matmul(onehot.T, second), exponent)
 
 
 def unscaled_sums_exact(sums: ClassSums) -> jax.Array:
@@ -164,7 +166,7 @@ def unscaled_sums_exact(sums: ClassSums) -> jax.Array:
   not exact: the caller then sums again, scaled.
   """
   second = sums.second.sum(axis=0)
-  bound = 2.0 ** (2 * _SCALE_BITS)
+  bound = 2.0**(2 * _SCALE_BITS)
   in_range = (second < bound) & (second >= sums.count.sum() / bound)
   zero = (second == 0) & jnp.all(sums.first == 0, axis=0)
   finite = jnp.isfinite(second) & jnp.all(jnp.isfinite(sums.first), axis=0)
@@ -186,9 +188,13 @@ def moments_from_sums(sums: ClassSums, shift: jax.Array) -> ClassMoments:
 
 
 def _response_sums(
-    x: jax.Array, labels: jax.Array | None,
-    respond: Callable[[jax.Array], jax.Array], num_classes: int,
-    chunk_size: int | None, shift: jax.Array, scaled: bool,
+    x: jax.Array,
+    labels: jax.Array | None,
+    respond: Callable[[jax.Array], jax.Array],
+    num_classes: int,
+    chunk_size: int | None,
+    shift: jax.Array,
+    scaled: bool,
 ) -> ClassSums:
   """`class_sums` of `respond(x)`, a `lax.scan` over row chunks if asked.
 
@@ -213,16 +219,18 @@ def _response_sums(
     return add_sums(acc, sums), None
 
   n = shift.shape[0]
-  zero = ClassSums(jnp.zeros(classes, x.dtype), jnp.zeros((classes, n), x.dtype),
-                   jnp.zeros((classes, n), x.dtype),
-                   jnp.full(n, _NO_SCALE, jnp.int32))
+  zero = ClassSums(
+      jnp.zeros(classes, x.dtype), jnp.zeros((classes, n), x.dtype),
+      jnp.zeros((classes, n), x.dtype), jnp.full(n, _NO_SCALE, jnp.int32))
   starts = jnp.arange(0, m, chunk_size)
   return jax.lax.scan(step, zero, starts)[0]
 
 
 def response_moments(
-    x: jax.Array, labels: jax.Array | None,
-    respond: Callable[[jax.Array], jax.Array], num_classes: int | None,
+    x: jax.Array,
+    labels: jax.Array | None,
+    respond: Callable[[jax.Array], jax.Array],
+    num_classes: int | None,
     chunk_size: int | None = None,
     row_sharding: placement.RowSharding | None = None,
     first_row: jax.Array | None = None,
@@ -246,9 +254,13 @@ def response_moments(
   shift = shift.reshape(-1, shift.shape[-1])[0]
 
   def total(scaled: bool) -> ClassSums:
-    sums = functools.partial(_response_sums, respond=respond,
-                             num_classes=num_classes, chunk_size=chunk_size,
-                             shift=shift, scaled=scaled)
+    sums = functools.partial(
+        _response_sums,
+        respond=respond,
+        num_classes=num_classes,
+        chunk_size=chunk_size,
+        shift=shift,
+        scaled=scaled)
     if row_sharding is None:
       return sums(x, labels)
     mesh, axes = row_sharding
@@ -263,13 +275,16 @@ def response_moments(
     spec = jax.sharding.PartitionSpec(axes)
     # check_vma=False: the chunk scan starts from zeros that are not marked
     # as varying per device; the psum makes the result replicated.
-    return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec),
-                         out_specs=jax.sharding.PartitionSpec(),
-                         check_vma=False)(x, labels)
+    return jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(spec, spec),
+        out_specs=jax.sharding.PartitionSpec(),
+        check_vma=False)(x, labels)
 
   fast = total(scaled=False)
-  sums = jax.lax.cond(unscaled_sums_exact(fast), lambda: fast,
-                      lambda: total(scaled=True))
+  sums = jax.lax.cond(
+      unscaled_sums_exact(fast), lambda: fast, lambda: total(scaled=True))
   return moments_from_sums(sums, shift)
 
 
@@ -287,9 +302,8 @@ def _unit(v: jax.Array, atol: float = 0.0) -> tuple[jax.Array, jax.Array]:
   return jnp.where(is_zero, 0.0, v / jnp.where(is_zero, 1.0, norm)), is_zero
 
 
-def scores_from_moments(
-    moments: ClassMoments, alpha: jax.Array, has_labels: bool
-) -> tuple[jax.Array, Dropped]:
+def scores_from_moments(moments: ClassMoments, alpha: jax.Array,
+                        has_labels: bool) -> tuple[jax.Array, Dropped]:
   """`alpha * div + (1 - alpha) * acc` per candidate, NaN-free.
 
   docs/algorithm.md#step-2-scores. Each criterion of a candidate is zero
@@ -303,10 +317,11 @@ def scores_from_moments(
   weights = count[:, None]
   # Total moments by the parallel-variance merge of the class moments.
   total_mean = (weights * mean).sum(axis=0) / m
-  total_m2 = m2.sum(axis=0) + (weights * (mean - total_mean[None, :]) ** 2).sum(axis=0)
+  total_m2 = m2.sum(axis=0) + (weights *
+                               (mean - total_mean[None, :])**2).sum(axis=0)
   up = _pow2(exponent, mean.dtype)
   # Each candidate's own scale, in its units: the RMS of its responses.
-  rms = jnp.sqrt((total_mean + shift / up) ** 2 + total_m2 / m)
+  rms = jnp.sqrt((total_mean + shift / up)**2 + total_m2 / m)
   measured = jnp.isfinite(rms)
 
   def criterion(v):  # zero at the candidate's resolution; in true units
@@ -322,8 +337,8 @@ def scores_from_moments(
   class_mean = jnp.where(present, mean, 0.0).sum(axis=0) / jnp.maximum(
       num_present, 1)
   between = jnp.sqrt(
-      jnp.where(present, (mean - class_mean[None, :]) ** 2, 0.0).sum(axis=0)
-      / jnp.maximum(num_present - 1, 1))
+      jnp.where(present, (mean - class_mean[None, :])**2, 0.0).sum(axis=0) /
+      jnp.maximum(num_present - 1, 1))
   # A single-sample class has m2 == 0 exactly, so its std is 0 (Step 2).
   class_std = jnp.sqrt(m2 / jnp.maximum(count - 1, 1)[:, None])
   within = jnp.where(present, class_std, 0.0).sum(axis=0) / jnp.maximum(
@@ -344,8 +359,8 @@ def class_groups(moments: ClassMoments) -> jax.Array:
   Only classes present in the batch compete; ties go to the lowest class id.
   """
   present = (moments.count > 0)[:, None]
-  return jnp.argmax(jnp.where(present, moments.mean, -jnp.inf),
-                    axis=0).astype(jnp.int32)
+  return jnp.argmax(
+      jnp.where(present, moments.mean, -jnp.inf), axis=0).astype(jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,8 +392,12 @@ class ScoringOptions:
 
 
 def campaign_scores(
-    x: jax.Array, first_row: jax.Array | None, labels: jax.Array | None,
-    candidates: jax.Array, alpha: jax.Array, bias: jax.Array,
+    x: jax.Array,
+    first_row: jax.Array | None,
+    labels: jax.Array | None,
+    candidates: jax.Array,
+    alpha: jax.Array,
+    bias: jax.Array,
     options: ScoringOptions,
 ) -> tuple[jax.Array, jax.Array, Dropped]:
   """Steps 1-3 for one layer: each candidate's score and group, and which
@@ -423,25 +442,28 @@ def warn_if_dropped(dropped: Dropped, where: str = "") -> None:
     return
   if bool(dropped.input_info):
     warnings.warn(
-        f"{where}The input-information criterion (MI(X;Z) proxy) dropped out: every "
-        "candidate's response is constant on the batch (e.g. all ReLUs are "
-        "dead). Scores carry no input information; check the batch and the "
-        "layer's activation.",
-        CriterionDroppedWarning, stacklevel=4 if where else 3)
+        f"{where}The input-information criterion (MI(X;Z) proxy) dropped "
+        "out: every candidate's response is constant on the batch (e.g. all "
+        "ReLUs are dead). Scores carry no input information; check the batch "
+        "and the layer's activation.",
+        CriterionDroppedWarning,
+        stacklevel=4 if where else 3)
   overflowed = int(dropped.overflowed)
   if overflowed:
     warnings.warn(
-        f"{where}{overflowed} candidate(s) respond to the batch with values beyond "
-        "float32's range; they score 0 on both criteria. Scale the batch (or "
-        "the layer's inputs) to a moderate range.",
-        CriterionDroppedWarning, stacklevel=4 if where else 3)
+        f"{where}{overflowed} candidate(s) respond to the batch with values "
+        "beyond float32's range; they score 0 on both criteria. Scale the "
+        "batch (or the layer's inputs) to a moderate range.",
+        CriterionDroppedWarning,
+        stacklevel=4 if where else 3)
   if bool(dropped.label_info):
     warnings.warn(
-        f"{where}The label-information criterion (MI(Z;Y) proxy) dropped out: fewer "
-        "than two classes are present in the batch. The score is the "
-        "input-information criterion alone; pass a batch with several classes "
-        "to use labels.",
-        CriterionDroppedWarning, stacklevel=4 if where else 3)
+        f"{where}The label-information criterion (MI(Z;Y) proxy) dropped "
+        "out: fewer than two classes are present in the batch. The score is "
+        "the input-information criterion alone; pass a batch with several "
+        "classes to use labels.",
+        CriterionDroppedWarning,
+        stacklevel=4 if where else 3)
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes",))
@@ -490,7 +512,8 @@ def neuron_scores(
     >>> import nc_jax
     >>> z = jnp.array([[0., 1., 2.], [0., 3., 2.], [0., 1., 4.], [0., 3., 4.]])
     >>> labels = jnp.array([0, 0, 1, 1])
-    >>> nc_jax.neuron_scores(z, labels, alpha=0.0).round(3)  # column 2 separates
+    >>> # column 2 separates the classes
+    >>> nc_jax.neuron_scores(z, labels, alpha=0.0).round(3)
     Array([ 0.   , -0.707,  0.707], dtype=float32)
 
   References:
@@ -502,9 +525,12 @@ def neuron_scores(
         f"`z` must have shape (m, N) (responses of N candidates to m samples), "
         f"got shape {jnp.shape(z)}.")
   z = validation.as_batch(z, "z")
-  labels, num_classes = validation.as_int_labels(labels, z.shape[0], num_classes)
+  labels, num_classes = validation.as_int_labels(labels, z.shape[0],
+                                                 num_classes)
   valid = validation.traced_checks(z, labels, num_classes)
-  scores, dropped = placement.on_auto_axes(_neuron_scores, z)(
-      z, labels, validation.check_alpha(alpha), num_classes)
+  scores, dropped = placement.on_auto_axes(_neuron_scores,
+                                           z)(z, labels,
+                                              validation.check_alpha(alpha),
+                                              num_classes)
   warn_if_dropped(dropped)
   return scores if valid is None else jnp.where(valid, scores, jnp.nan)

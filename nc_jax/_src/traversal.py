@@ -31,23 +31,23 @@ nothing but the kernels changes in the model.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Mapping, Sequence
 import dataclasses
 import functools
 import inspect
 import itertools
 import math
 import time
-import warnings
-from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Hashable
+import warnings
 
+from flax import nnx
+from flax.core import tracers as flax_tracers
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm.auto as tqdm
-from flax import nnx
-from flax.core import tracers as flax_tracers
 
 from nc_jax._src import placement
 from nc_jax._src import report as report_lib
@@ -148,7 +148,7 @@ class Layer:
 class Plan:
   """The weight layers a walk will visit, known before the first rule runs."""
   layers: tuple[LayerSpec, ...]  # taking part, in call order
-  output: str                    # the last weight layer the forward pass calls
+  output: str  # the last weight layer the forward pass calls
 
   @property
   def paths(self) -> tuple[str, ...]:
@@ -173,8 +173,9 @@ class Rule:
     del spec
     return {}
 
-  def __call__(self, layer: Layer, key: jax.Array, labels: jax.Array | None
-               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def __call__(
+      self, layer: Layer, key: jax.Array,
+      labels: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The layer's new kernel and what the report shows of it. A rule that
     computed the layer's output with the new kernel (`layer.outputs`) puts
     it under "output": the forward pass goes on with it, not computing it
@@ -227,38 +228,44 @@ def _select(unique: tuple[str, ...], layers: LayerFilter) -> tuple[str, ...]:
 
 
 def make_plan(found: Sequence[_Found], layers: LayerFilter,
-              lifted: Mapping[str, str], make_rule: RuleFactory
-              ) -> tuple[Plan, Rule]:
+              lifted: Mapping[str, str],
+              make_rule: RuleFactory) -> tuple[Plan, Rule]:
   """Orders the weight layers found, applies the filter, refuses what the
   walk or the rule cannot do (naming the layers), and warns on sharing and
   on the layers the walk leaves as they are."""
-  chosen = _select(tuple(dict.fromkeys(
-      [f.path for f in found if not isinstance(f.geometry, str)]
-      + list(lifted))), layers)
+  chosen = _select(
+      tuple(
+          dict.fromkeys(
+              [f.path for f in found if not isinstance(f.geometry, str)] +
+              list(lifted))), layers)
   inside = [p for p in chosen if p in lifted]
   if inside:
     raise ValueError(
-        f"layers {inside} are called inside a lifted transform ("
-        + "; ".join(f"{p!r}: {lifted[p]}" for p in inside) + "): the walk "
+        f"layers {inside} are called inside a lifted transform (" +
+        "; ".join(f"{p!r}: {lifted[p]}" for p in inside) + "): the walk "
         "sees their input only per step of the transform, not as the layer "
         "multiplies it, so it cannot set them; leave them out with "
         "`layers=` (they keep their own init) or call the layers without "
         "the transform.")
-  unsupported = {f.path: f.geometry for f in found
-                 if isinstance(f.geometry, str)}
+  unsupported = {
+      f.path: f.geometry for f in found if isinstance(f.geometry, str)
+  }
   if unsupported:
     warnings.warn(
-        "these layers keep their own init (the walk does not handle them): "
-        + "; ".join(f"{p!r} ({why})" for p, why in unsupported.items()),
+        "these layers keep their own init (the walk does not handle them): " +
+        "; ".join(f"{p!r} ({why})" for p, why in unsupported.items()),
         stacklevel=4)
   first = {}
   for f in found:
     first.setdefault(f.path, f)
   specs = tuple(
-      LayerSpec(path=p, index=i, kernel_shape=first[p].kernel_shape,
-                input_shape=first[p].input_shape, geometry=first[p].geometry,
-                kernel_init=first[p].kernel_init)
-      for i, p in enumerate(chosen))
+      LayerSpec(
+          path=p,
+          index=i,
+          kernel_shape=first[p].kernel_shape,
+          input_shape=first[p].input_shape,
+          geometry=first[p].geometry,
+          kernel_init=first[p].kernel_init) for i, p in enumerate(chosen))
   calls = [f.path for f in found]
   output = [p for p in dict.fromkeys(calls) if p not in unsupported][-1]
   plan = Plan(layers=specs, output=output)
@@ -266,9 +273,9 @@ def make_plan(found: Sequence[_Found], layers: LayerFilter,
   refused = {s.path: why for s in specs if (why := rule.refusal(s))}
   if refused:
     raise ValueError(
-        "the walk refuses these layers before any work: "
-        + "; ".join(f"{p!r}: {why}" for p, why in refused.items())
-        + f". Leave them out with `layers=` (they keep their own init), "
+        "the walk refuses these layers before any work: " +
+        "; ".join(f"{p!r}: {why}" for p, why in refused.items()) +
+        f". Leave them out with `layers=` (they keep their own init), "
         f"e.g. layers=lambda path: path not in {sorted(refused)}.")
   for path in chosen:  # a layer left out keeps its init, however shared
     if calls.count(path) > 1:
@@ -300,8 +307,10 @@ def _per_axis(value: Any, rank: int) -> Hashable:
     return 1
   if isinstance(value, str) or not isinstance(value, Sequence):
     return value
-  return tuple(_per_axis(v, rank) if isinstance(v, Sequence)
-               and not isinstance(v, str) else v for v in value)
+  return tuple(
+      _per_axis(v, rank
+               ) if isinstance(v, Sequence) and not isinstance(v, str) else v
+      for v in value)
 
 
 def _conv_geometry(module: Any, kernel_shape: tuple[int, ...],
@@ -309,15 +318,18 @@ def _conv_geometry(module: Any, kernel_shape: tuple[int, ...],
   rank = len(kernel_shape) - 2
   if getattr(module, "mask", None) is not None:
     return "a masked convolution"
-  if _per_axis(getattr(module, "input_dilation", None), rank) not in (
-      1, (1,) * rank):
+  if _per_axis(getattr(module, "input_dilation", None),
+               rank) not in (1, (1,) * rank):
     return "input dilation"
-  options = {"strides": _per_axis(module.strides, rank),
-             "padding": _per_axis(module.padding, rank),
-             "kernel_dilation": _per_axis(module.kernel_dilation, rank),
-             "feature_group_count": module.feature_group_count}
-  return Geometry(tuple(range(input_ndim - rank - 1, input_ndim)),
-                  len(kernel_shape) - 1, tuple(sorted(options.items())))
+  options = {
+      "strides": _per_axis(module.strides, rank),
+      "padding": _per_axis(module.padding, rank),
+      "kernel_dilation": _per_axis(module.kernel_dilation, rank),
+      "feature_group_count": module.feature_group_count
+  }
+  return Geometry(
+      tuple(range(input_ndim - rank - 1, input_ndim)),
+      len(kernel_shape) - 1, tuple(sorted(options.items())))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,8 +381,8 @@ def _deterministic_position(function: Callable) -> int | None:
   return None
 
 
-def _deterministic(function: Callable, args: tuple, kwargs: dict
-                   ) -> tuple[tuple, dict]:
+def _deterministic(function: Callable, args: tuple,
+                   kwargs: dict) -> tuple[tuple, dict]:
   """`args`, `kwargs` with `deterministic=True` where the call takes it."""
   at = _deterministic_position(_unbound(function))
   if at is None:
@@ -401,9 +413,8 @@ def _flax_call(cls: type) -> Callable:
 
 def _observe(call_id: jax.Array, index: int, kernel: jax.Array) -> None:
   """Tells the host (progress bar, per-layer seconds) when a kernel is ready."""
-  jax.debug.callback(
-      lambda c, k: _Observer.done(int(c), index, k), call_id,
-      jnp.sum(kernel.astype(jnp.float32)))
+  jax.debug.callback(lambda c, k: _Observer.done(int(c), index, k), call_id,
+                     jnp.sum(kernel.astype(jnp.float32)))
 
 
 class _Observer:
@@ -415,8 +426,8 @@ class _Observer:
   def __init__(self, plan: Plan, progress: bool, desc: str):
     self.plan = plan
     self.id = next(self._ids) % 2**31
-    self.bar = tqdm.tqdm(total=len(plan.layers), desc=desc, unit="layer",
-                         disable=not progress)
+    self.bar = tqdm.tqdm(
+        total=len(plan.layers), desc=desc, unit="layer", disable=not progress)
     self.times: dict[int, float] = {}
     self.start = time.perf_counter()
     self._live[self.id] = self
@@ -472,8 +483,9 @@ class _Kwargs:
   static: tuple[tuple[int, Hashable], ...]
 
   @classmethod
-  def split(cls, model_kwargs: Mapping[str, Any] | None
-            ) -> tuple[_Kwargs, list[jax.Array]]:
+  def split(
+      cls, model_kwargs: Mapping[str, Any] | None
+  ) -> tuple[_Kwargs, list[jax.Array]]:
     if model_kwargs is None:
       model_kwargs = {}
     if not isinstance(model_kwargs, Mapping):
@@ -483,7 +495,8 @@ class _Kwargs:
           f"{model_kwargs!r}.")
     leaves, treedef = jax.tree.flatten(dict(model_kwargs))
     arrays = [a for a in leaves if isinstance(a, jax.Array | np.ndarray)]
-    static = tuple((i, _static(a)) for i, a in enumerate(leaves)
+    static = tuple((i, _static(a))
+                   for i, a in enumerate(leaves)
                    if not isinstance(a, jax.Array | np.ndarray))
     return cls(treedef, static), arrays
 
@@ -502,7 +515,7 @@ class _Walk:
   plan: Plan
   rule: Rule
   kwargs: _Kwargs
-  report: bool   # std of each layer's output before and after
+  report: bool  # std of each layer's output before and after
   observe: bool  # progress and seconds via host callbacks
   row_sharding: placement.RowSharding | None  # the batch's, if split by rows
 
@@ -518,10 +531,11 @@ def _std(a: jax.Array) -> jax.Array:
   return jnp.std(a.astype(jnp.float32))
 
 
-def _visit(walk: _Walk, spec: LayerSpec, layer_outputs: Callable,
-           inputs: jax.Array, kernel: jax.Array, bias: jax.Array | None,
-           key: jax.Array, labels: jax.Array | None, call_id: jax.Array
-           ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array | None]:
+def _visit(
+    walk: _Walk, spec: LayerSpec, layer_outputs: Callable, inputs: jax.Array,
+    kernel: jax.Array, bias: jax.Array | None, key: jax.Array,
+    labels: jax.Array | None, call_id: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array], jax.Array | None]:
   """Runs the rule on one layer; returns its kernel, report values and its
   output with that kernel if the rule computed it."""
   layer = Layer(spec, inputs, kernel, bias, layer_outputs, walk.row_sharding)
@@ -555,8 +569,8 @@ def _linen_interceptor(on_layer: Callable[..., Any]) -> nn.module.Interceptor:
       object.__setattr__(module, "deterministic", True)  # frozen dataclass
     else:
       args, kwargs = _deterministic(context.orig_method, args, kwargs)
-    if not (isinstance(module, _LINEN.all)
-            and _is_flax_call(context.orig_method)):
+    if not (isinstance(module, _LINEN.all) and
+            _is_flax_call(context.orig_method)):
       return next_fun(*args, **kwargs)
     state["busy"] = True
     try:
@@ -570,10 +584,10 @@ def _linen_interceptor(on_layer: Callable[..., Any]) -> nn.module.Interceptor:
 def _linen_found(module: nn.Module, inputs: jax.Array) -> _Found:
   kernel = module.variables["params"]["kernel"]
   kernel = getattr(kernel, "value", kernel)  # boxed (partitioned) params
-  return _Found(_linen_path(module), tuple(kernel.shape),
-                tuple(inputs.shape),
-                _geometry(_LINEN, module, tuple(kernel.shape), inputs.ndim),
-                getattr(module, "kernel_init", None))
+  return _Found(
+      _linen_path(module), tuple(kernel.shape), tuple(inputs.shape),
+      _geometry(_LINEN, module, tuple(kernel.shape), inputs.ndim),
+      getattr(module, "kernel_init", None))
 
 
 def _linen_lifted(module: nn.Module, root_trace: Any) -> str | None:
@@ -583,8 +597,8 @@ def _linen_lifted(module: nn.Module, root_trace: Any) -> str | None:
 
 
 def _linen_plan(model: nn.Module, init_key: jax.Array, x: jax.Array,
-                variables: Mapping[str, Any] | None, kwargs: dict[str, Any]
-                ) -> tuple[list[_Found], dict[str, str]]:
+                variables: Mapping[str, Any] | None,
+                kwargs: dict[str, Any]) -> tuple[list[_Found], dict[str, str]]:
   """The abstract pass: every weight layer call, and those inside lifted
   transforms."""
   found: list[_Found] = []
@@ -612,16 +626,20 @@ def _linen_plan(model: nn.Module, init_key: jax.Array, x: jax.Array,
   return found, lifted
 
 
-def _linen_outputs(module: nn.Module, args: tuple, kwargs: dict
-                   ) -> Callable[[jax.Array], jax.Array]:
+def _linen_outputs(module: nn.Module, args: tuple,
+                   kwargs: dict) -> Callable[[jax.Array], jax.Array]:
   """The layer's own flax call on its captured input, with a given kernel,
   on an unbound copy (usable inside `lax.while_loop`)."""
   params = dict(module.variables["params"])
   copy = module.clone(parent=None)
 
   def outputs(kernel):
-    return copy.apply({"params": {**params, "kernel": kernel}}, *args,
-                      method=_flax_call(type(module)), **kwargs)
+    return copy.apply({"params": {
+        **params, "kernel": kernel
+    }},
+                      *args,
+                      method=_flax_call(type(module)),
+                      **kwargs)
 
   return outputs
 
@@ -641,10 +659,11 @@ def _linen_program(walk: _Walk, key, x, labels, variables, kwarg_arrays,
     if path not in specs or path in values:
       return next_fun(*args, **kwargs_)
     params = module.variables["params"]
-    new, values[path], out = _visit(
-        walk, specs[path], _linen_outputs(module, args, kwargs_),
-        args[0], params["kernel"], params.get("bias"), rule_key, labels,
-        call_id)
+    new, values[path], out = _visit(walk, specs[path],
+                                    _linen_outputs(module, args,
+                                                   kwargs_), args[0],
+                                    params["kernel"], params.get("bias"),
+                                    rule_key, labels, call_id)
     module.put_variable("params", "kernel", new)
     if out is None:
       out = next_fun(*args, **kwargs_)
@@ -654,8 +673,9 @@ def _linen_program(walk: _Walk, key, x, labels, variables, kwarg_arrays,
 
   with nn.intercept_methods(_linen_interceptor(set_kernel)):
     _, updated = model.apply(variables, x, mutable=True, **kwargs)
-  return ({**variables, "params": updated["params"]},
-          _in_plan_order(walk.plan, values))
+  return ({
+      **variables, "params": updated["params"]
+  }, _in_plan_order(walk.plan, values))
 
 
 _compiled_linen = jax.jit(_linen_program, static_argnames=("walk",))
@@ -684,8 +704,8 @@ def _check_variables(variables: Any, expected: Any) -> dict[str, Any]:
         f"`variables` lacks the collections {missing} that the model's init "
         f"makes (it has {sorted(variables)}); pass the whole variables dict, "
         "e.g. campaign_linen's result, not only its params.")
-  given = dict(jax.tree_util.tree_leaves_with_path(
-      {k: variables[k] for k in expected}))
+  given = dict(
+      jax.tree_util.tree_leaves_with_path({k: variables[k] for k in expected}))
   for path, leaf in jax.tree_util.tree_leaves_with_path(expected):
     have = given.get(path)
     if have is None or tuple(np.shape(have)) != tuple(leaf.shape):
@@ -710,12 +730,20 @@ def _linen_init(model: nn.Module, init_key: jax.Array, x: jax.Array,
     return model.init(init_key, x[:2], **kwargs)
 
 
-def walk_linen(model: nn.Module, key: jax.Array, x: jax.Array,
-               labels: jax.Array | None, make_rule: RuleFactory, *,
-               layers: LayerFilter, progress: bool, desc: str,
-               model_kwargs: Mapping[str, Any] | None, report: bool,
-               variables: Mapping[str, Any] | None = None
-               ) -> tuple[dict, report_lib.WalkReport | None]:
+def walk_linen(
+    model: nn.Module,
+    key: jax.Array,
+    x: jax.Array,
+    labels: jax.Array | None,
+    make_rule: RuleFactory,
+    *,
+    layers: LayerFilter,
+    progress: bool,
+    desc: str,
+    model_kwargs: Mapping[str, Any] | None,
+    report: bool,
+    variables: Mapping[str, Any] | None = None
+) -> tuple[dict, report_lib.WalkReport | None]:
   """Initializes a linen model with `model.init` (or takes `variables`),
   then sets its kernels layer by layer with the rule, compiled; returns the
   variables and, if asked, the report."""
@@ -728,8 +756,8 @@ def walk_linen(model: nn.Module, key: jax.Array, x: jax.Array,
   kwargs = kwargs_static.join(kwarg_arrays)
   if variables is not None:
     try:
-      expected = jax.eval_shape(
-          lambda k, x: _linen_init(model, k, x, kwargs), init_key, x)
+      expected = jax.eval_shape(lambda k, x: _linen_init(model, k, x, kwargs),
+                                init_key, x)
     except Exception as error:  # the model's own error, re-raised
       raise _forward_error(x, error) from error
     variables = _check_variables(variables, expected)
@@ -738,15 +766,20 @@ def walk_linen(model: nn.Module, key: jax.Array, x: jax.Array,
   except Exception as error:  # the model's own error, re-raised with context
     raise _forward_error(x, error) from error
   plan, rule = make_plan(found, layers, lifted, make_rule)
-  walk = _Walk(_static(model), plan, rule, kwargs_static, report,
-               observe=(progress or report) and placement.is_concrete(x),
-               row_sharding=_row_sharding(x))
-  return _run(walk, _compiled_linen, desc, progress, key, x, labels,
-              variables, kwarg_arrays)
+  walk = _Walk(
+      _static(model),
+      plan,
+      rule,
+      kwargs_static,
+      report,
+      observe=(progress or report) and placement.is_concrete(x),
+      row_sharding=_row_sharding(x))
+  return _run(walk, _compiled_linen, desc, progress, key, x, labels, variables,
+              kwarg_arrays)
 
 
-def _run(walk: _Walk, program: Callable, desc: str, progress: bool,
-         *args: Any) -> tuple[Any, report_lib.WalkReport | None]:
+def _run(walk: _Walk, program: Callable, desc: str, progress: bool, *args:
+         Any) -> tuple[Any, report_lib.WalkReport | None]:
   """Runs the compiled walk, with a progress bar and seconds when eager."""
   observer = _Observer(walk.plan, progress, desc) if walk.observe else None
   try:
@@ -766,8 +799,10 @@ def _run(walk: _Walk, program: Callable, desc: str, progress: bool,
 
 def _nnx_bases(types: Collection[type]) -> set[type]:
   """The flax classes whose `__call__` the given layer types run."""
-  return {base for cls in types for base in cls.__mro__
-          if vars(base).get("__call__") is _flax_call(cls)}
+  return {
+      base for cls in types for base in cls.__mro__
+      if vars(base).get("__call__") is _flax_call(cls)
+  }
 
 
 def _wrapped(types: Collection[type], wrap: Callable[[Callable], Callable]):
@@ -775,6 +810,7 @@ def _wrapped(types: Collection[type], wrap: Callable[[Callable], Callable]):
   originals = {cls: vars(cls)["__call__"] for cls in types}
 
   class _Block:
+
     def __enter__(self):
       for cls, call in originals.items():
         cls.__call__ = wrap(call)
@@ -787,22 +823,29 @@ def _wrapped(types: Collection[type], wrap: Callable[[Callable], Callable]):
 
 
 def _nnx_pass(view: nnx.Module, x: jax.Array, on_layer: Callable[..., Any],
-              on_copy: Callable[[Any], None], kwargs: Mapping[str, Any]) -> None:
+              on_copy: Callable[[Any], None], kwargs: Mapping[str,
+                                                              Any]) -> None:
   """One forward pass of `view`, deterministic, handing each weight layer's
   flax call to `on_layer` (and a call of a layer not in the graph, a
   lifted transform's copy, to `on_copy`)."""
   modules = [(path, module) for path, module in nnx.iter_modules(view)]
-  paths = {id(module): "/".join(map(str, path)) for path, module in modules
-           if isinstance(module, _NNX.all)}
-  layer_bases = _nnx_bases({type(m) for _, m in modules
-                            if isinstance(m, _NNX.all)})
-  stochastic = {base for cls in {type(m) for _, m in modules}
-                for base in cls.__mro__ if "__call__" in vars(base)
-                and _deterministic_position(vars(base)["__call__"]) is not None}
+  paths = {
+      id(module): "/".join(map(str, path))
+      for path, module in modules
+      if isinstance(module, _NNX.all)
+  }
+  layer_bases = _nnx_bases(
+      {type(m) for _, m in modules if isinstance(m, _NNX.all)})
+  stochastic = {
+      base for cls in {type(m) for _, m in modules} for base in cls.__mro__
+      if "__call__" in vars(base) and
+      _deterministic_position(vars(base)["__call__"]) is not None
+  }
 
   busy = {"on": False}
 
   def wrap_layer(call):
+
     def wrapped(self, *args, **kwargs_):
       args, kwargs_ = _deterministic(call, args, kwargs_)
       if busy["on"] or not isinstance(self, _NNX.all):
@@ -815,16 +858,19 @@ def _nnx_pass(view: nnx.Module, x: jax.Array, on_layer: Callable[..., Any],
         return on_layer(paths[id(self)], self, call, args, kwargs_)
       finally:
         busy["on"] = False
+
     return wrapped
 
   def wrap_stochastic(call):
+
     def wrapped(self, *args, **kwargs_):
       args, kwargs_ = _deterministic(call, args, kwargs_)
       return call(self, *args, **kwargs_)
+
     return wrapped
 
-  with _wrapped(layer_bases, wrap_layer), _wrapped(
-      stochastic - layer_bases, wrap_stochastic):
+  with _wrapped(layer_bases, wrap_layer), _wrapped(stochastic - layer_bases,
+                                                   wrap_stochastic):
     view(x, **kwargs)
 
 
@@ -899,9 +945,11 @@ def _nnx_program(walk: _Walk, state, rule_key, x, labels, kwarg_arrays,
     if path not in specs or path in values:
       return call(module, *args, **kwargs_)
     bias = None if module.bias is None else module.bias.get_value()
-    new, values[path], out = _visit(
-        walk, specs[path], _nnx_outputs(module, call, args, kwargs_), args[0],
-        module.kernel.get_value(), bias, rule_key, labels, call_id)
+    new, values[path], out = _visit(walk, specs[path],
+                                    _nnx_outputs(module, call, args,
+                                                 kwargs_), args[0],
+                                    module.kernel.get_value(), bias, rule_key,
+                                    labels, call_id)
     module.kernel.set_value(new)
     if out is None:
       out = call(module, *args, **kwargs_)
@@ -919,8 +967,8 @@ _compiled_nnx = jax.jit(_nnx_program, static_argnames=("walk",))
 def walk_nnx(model: nnx.Module, key: jax.Array, x: jax.Array,
              labels: jax.Array | None, make_rule: RuleFactory, *,
              layers: LayerFilter, progress: bool, desc: str,
-             model_kwargs: Mapping[str, Any] | None, report: bool
-             ) -> report_lib.WalkReport | None:
+             model_kwargs: Mapping[str, Any] | None,
+             report: bool) -> report_lib.WalkReport | None:
   """Sets an nnx model's kernels layer by layer with the rule, compiled, in
   place; returns the report if asked."""
   if not isinstance(model, nnx.Module):
@@ -935,9 +983,14 @@ def walk_nnx(model: nnx.Module, key: jax.Array, x: jax.Array,
   except Exception as error:  # the model's own error, re-raised with context
     raise _forward_error(x, error) from error
   plan, rule = make_plan(found, layers, lifted, make_rule)
-  walk = _Walk(_static(graphdef), plan, rule, kwargs_static, report,
-               observe=(progress or report) and placement.is_concrete(x),
-               row_sharding=_row_sharding(x))
+  walk = _Walk(
+      _static(graphdef),
+      plan,
+      rule,
+      kwargs_static,
+      report,
+      observe=(progress or report) and placement.is_concrete(x),
+      row_sharding=_row_sharding(x))
   params, made = _run(walk, _compiled_nnx, desc, progress, state, key, x,
                       labels, kwarg_arrays)
   nnx.update(model, params)

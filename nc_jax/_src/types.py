@@ -1,4 +1,4 @@
-"""Type aliases shared across the package."""
+"""Types shared across the package."""
 
 from __future__ import annotations
 
@@ -10,3 +10,8 @@ import jax
 Initializer = Callable[..., jax.Array]
 # The element-wise function that follows a layer, e.g. `jax.nn.relu`.
 Activation = Callable[[jax.Array], jax.Array]
+
+
+class CriterionDroppedWarning(UserWarning):
+  """A criterion of the campaign's score carries no information on the
+  batch."""

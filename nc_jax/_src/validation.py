@@ -16,11 +16,11 @@ from __future__ import annotations
 import numbers
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from jax.experimental import checkify
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 from jax.typing import ArrayLike
+import numpy as np
 
 from nc_jax._src.placement import auto_axes
 from nc_jax._src.placement import compute_dtype
@@ -44,23 +44,21 @@ def as_batch(batch: ArrayLike, name: str = "batch") -> jax.Array:
   """
   if not isinstance(batch, jax.Array):
     batch = np.asarray(batch)
-  if batch.dtype == object or not (
-      jnp.issubdtype(batch.dtype, jnp.number) or batch.dtype == bool
-  ) or jnp.issubdtype(batch.dtype, jnp.complexfloating):
+  if batch.dtype == object or not (jnp.issubdtype(batch.dtype, jnp.number) or
+                                   batch.dtype == bool) or jnp.issubdtype(
+                                       batch.dtype, jnp.complexfloating):
     raise TypeError(
         f"`{name}` must be a real numeric array, got dtype {batch.dtype}; "
-        f"convert it with `{name}.astype(np.float32)`."
-    )
+        f"convert it with `{name}.astype(np.float32)`.")
   if batch.ndim < 2:
     raise ValueError(
         f"`{name}` must have shape (m, fan_in) or (m, *dims), got shape "
-        f"{tuple(batch.shape)}; for a single feature use `{name}[:, None]`."
-    )
+        f"{tuple(batch.shape)}; for a single feature use `{name}[:, None]`.")
   if batch.shape[0] < 2:
     raise ValueError(
-        f"`{name}` has {batch.shape[0]} sample(s) but the campaign's statistics "
-        "(standard deviations over the batch) need at least 2; pass more rows."
-    )
+        f"`{name}` has {batch.shape[0]} sample(s) but the campaign's "
+        "statistics (standard deviations over the batch) need at least 2; "
+        "pass more rows.")
   if batch.size == 0:
     raise ValueError(
         f"`{name}` of shape {tuple(batch.shape)} has no features; pass at "
@@ -127,8 +125,9 @@ def traced_checks(x: jax.Array, labels: jax.Array | None,
   if is_concrete(x) and (labels is None or is_concrete(labels)):
     return None
   ok = jnp.all(jnp.isfinite(x))
-  checkify.debug_check(ok, "`batch` has NaN or infinite entries; clean or "
-                       "impute them before scoring candidates.")
+  checkify.debug_check(
+      ok, "`batch` has NaN or infinite entries; clean or "
+      "impute them before scoring candidates.")
   if labels is not None:
     in_range = jnp.all((labels >= 0) & (labels < num_classes))
     checkify.debug_check(
@@ -143,7 +142,10 @@ def is_int(value: object) -> bool:
   return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def check_positive_int(value: object, name: str, *, allow_none: bool = False,
+def check_positive_int(value: object,
+                       name: str,
+                       *,
+                       allow_none: bool = False,
                        hint: str = "") -> int | None:
   """Checks that `value` is an int >= 1 (or None, where allowed); returns it.
 
@@ -160,7 +162,9 @@ def check_positive_int(value: object, name: str, *, allow_none: bool = False,
 
 
 def as_int_labels(
-    labels: ArrayLike | None, num_samples: int, num_classes: int | None,
+    labels: ArrayLike | None,
+    num_samples: int,
+    num_classes: int | None,
     name: str = "labels",
 ) -> tuple[jax.Array | None, int | None]:
   """Checks labels and returns them as dense int32 class ids with the count.
@@ -194,29 +198,25 @@ def as_int_labels(
   if labels.ndim not in (1, 2):
     raise ValueError(
         f"`{name}` must be int class ids of shape (m,) or one-hot of shape "
-        f"(m, C), got shape {tuple(labels.shape)}."
-    )
+        f"(m, C), got shape {tuple(labels.shape)}.")
   if labels.shape[0] != num_samples:
     raise ValueError(
         f"`{name}` has {labels.shape[0]} rows but the batch has {num_samples} "
-        "samples; pass one label per row of the batch."
-    )
+        "samples; pass one label per row of the batch.")
   if labels.ndim == 2:
     ids, num_classes = _one_hot_to_ids(labels, num_classes, name)
   elif not jnp.issubdtype(labels.dtype, jnp.integer):
     raise TypeError(
         f"`{name}` of shape (m,) must hold integer class ids, got dtype "
         f"{labels.dtype}; convert with `{name}.astype(int)` or pass one-hot "
-        "labels of shape (m, C)."
-    )
+        "labels of shape (m, C).")
   else:
     ids = labels
   if not is_concrete(ids):
     if num_classes is None:
       raise ValueError(
           f"`{name}` are traced (inside `jax.jit`), so the number of classes "
-          "cannot be read off them; pass `num_classes=` explicitly."
-      )
+          "cannot be read off them; pass `num_classes=` explicitly.")
     if num_classes > _MAX_CLASSES:
       raise ValueError(
           f"`num_classes` is {num_classes}, more than the {_MAX_CLASSES} "
@@ -226,8 +226,8 @@ def as_int_labels(
   return _dense(ids, num_classes, name, "num_classes")
 
 
-def _dense(ids: ArrayLike, count: int | None, name: str, count_name: str
-           ) -> tuple[jax.Array, int]:
+def _dense(ids: ArrayLike, count: int | None, name: str,
+           count_name: str) -> tuple[jax.Array, int]:
   """Concrete ids checked against `[0, count)` and mapped to dense int32 ids.
 
   The ids present, in id order, become 0..P-1; returns them with P.
@@ -292,15 +292,13 @@ def _dense_ids(ids: ArrayLike, present: np.ndarray) -> jax.Array:
   return jnp.asarray(np.searchsorted(present, ids), jnp.int32)
 
 
-def _one_hot_to_ids(
-    labels: ArrayLike, num_classes: int | None, name: str
-) -> tuple[jax.Array, int]:
+def _one_hot_to_ids(labels: ArrayLike, num_classes: int | None,
+                    name: str) -> tuple[jax.Array, int]:
   width = labels.shape[1]
   if num_classes is not None and num_classes != width:
     raise ValueError(
         f"one-hot `{name}` have {width} columns but `num_classes` is "
-        f"{num_classes}; pass num_classes={width} or leave it out."
-    )
+        f"{num_classes}; pass num_classes={width} or leave it out.")
   if is_concrete(labels):
     values = host_values(labels)
     valid = np.all((values == 0) | (values == 1), axis=1) & (values.sum(1) == 1)
@@ -309,8 +307,7 @@ def _one_hot_to_ids(
       raise ValueError(
           f"`{name}` of shape (m, C) must be one-hot, but row {row} is "
           f"{values[row].tolist()}; pass integer class ids or exact one-hot "
-          "rows (soft labels are not supported)."
-      )
+          "rows (soft labels are not supported).")
   return jnp.argmax(jnp.asarray(labels), axis=1).astype(jnp.int32), width
 
 
@@ -318,13 +315,11 @@ def check_alpha(alpha: ArrayLike) -> jax.Array:
   """Checks that `alpha` is a scalar in [0, 1] and returns it as float32."""
   if jnp.ndim(alpha) != 0:
     raise ValueError(
-        f"`alpha` must be a scalar in [0, 1], got shape {jnp.shape(alpha)}."
-    )
+        f"`alpha` must be a scalar in [0, 1], got shape {jnp.shape(alpha)}.")
   if is_concrete(alpha) and not 0.0 <= float(alpha) <= 1.0:
     raise ValueError(
         f"`alpha` must lie in [0, 1] (the weight of the input-information "
-        f"criterion), got {float(alpha)}."
-    )
+        f"criterion), got {float(alpha)}.")
   return jnp.asarray(alpha, jnp.float32)
 
 
@@ -340,7 +335,9 @@ def check_bias(bias: ArrayLike) -> jax.Array:
 def check_chunk_size(chunk_size: object) -> int | None:
   """Checks `chunk_size`: a positive int, or None to choose by device."""
   return check_positive_int(
-      chunk_size, "chunk_size", allow_none=True,
+      chunk_size,
+      "chunk_size",
+      allow_none=True,
       hint="the rows scored at a time, or None to choose by device")
 
 
@@ -386,9 +383,8 @@ def check_num_candidates(num_candidates: object, fan_out: int,
   return int(num_candidates)
 
 
-def check_init_call(shape: object, num_candidates: int | None,
-                    dtype: object, per_neuron: int
-                    ) -> tuple[tuple[int, ...], int, jnp.dtype]:
+def check_init_call(shape: object, num_candidates: int | None, dtype: object,
+                    per_neuron: int) -> tuple[tuple[int, ...], int, jnp.dtype]:
   """Checks an initializer call: the kernel shape, N (default `per_neuron *
   fan_out`) and a floating dtype."""
   shape = check_kernel_shape(shape)
@@ -401,7 +397,8 @@ def check_init_call(shape: object, num_candidates: int | None,
 
 
 def check_callables(**functions: object) -> None:
-  """Checks that each keyword argument is callable, naming the first that is not."""
+  """Checks that each keyword argument is callable, naming the first that is
+  not."""
   for name, function in functions.items():
     if not callable(function):
       raise TypeError(
@@ -410,9 +407,9 @@ def check_callables(**functions: object) -> None:
           "`jax.nn.relu` for an activation.")
 
 
-def check_model_batch(x: ArrayLike, y: ArrayLike | None,
-                      num_classes: int | None
-                      ) -> tuple[jax.Array, jax.Array | None, int | None]:
+def check_model_batch(
+    x: ArrayLike, y: ArrayLike | None,
+    num_classes: int | None) -> tuple[jax.Array, jax.Array | None, int | None]:
   """Checks a whole model's batch `x` and labels `y`; returns ids and C.
 
   `x` and the ids come back on Auto mesh axes (`placement.auto_axes`).
