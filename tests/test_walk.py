@@ -197,6 +197,7 @@ def test_criteria_dropped_warn_naming_the_layer(data):
       f"layer '{path}': The label-information criterion"
       for path in ("Dense_0", "Dense_1")]
   assert all(w.category is nc_jax.CriterionDroppedWarning for w in caught)
+  assert {w.filename for w in caught} == {__file__}  # the user's call
   assert [r["dropped"] for r in report.rows()] == ["label", "label"]
 
 

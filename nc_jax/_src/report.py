@@ -138,7 +138,9 @@ class WalkReport:
       if "dropped_input" in values:
         scores_lib.warn_if_dropped(
             scores_lib.Dropped(values["dropped_input"], values["dropped_label"],
-                               values["overflowed"]), where)
+                               values["overflowed"]),
+            where,
+            stacklevel=6)
       if "converged" in values and not bool(values["converged"]):
         variance = float(values["variance"])
         if not math.isfinite(variance) or variance == 0.0:
@@ -148,6 +150,7 @@ class WalkReport:
           why = (f"ends with output variance {variance:.8g} after "
                  f"{int(values['lsuv_iterations'])} rescalings, not within "
                  "`tol` of 1; raise `max_iters` or `tol`")
+        # check <- _run <- walk_* <- the public function <- the user's call
         warnings.warn(f"LSUV: {where}{why}.", stacklevel=5)
 
 

@@ -435,9 +435,12 @@ def campaign_scores(
   return scores, groups, dropped
 
 
-def warn_if_dropped(dropped: Dropped, where: str = "") -> None:
+def warn_if_dropped(dropped: Dropped,
+                    where: str = "",
+                    stacklevel: int = 3) -> None:
   """Warns about criteria that dropped out (`where`: the layer, for the
-  message); silent under tracing."""
+  message; `stacklevel`: the user's call, as `warnings.warn` counts); silent
+  under tracing."""
   if not all(placement.is_concrete(flag) for flag in dropped):
     return
   if bool(dropped.input_info):
@@ -447,7 +450,7 @@ def warn_if_dropped(dropped: Dropped, where: str = "") -> None:
         "ReLUs are dead). Scores carry no input information; check the batch "
         "and the layer's activation.",
         CriterionDroppedWarning,
-        stacklevel=4 if where else 3)
+        stacklevel=stacklevel)
   overflowed = int(dropped.overflowed)
   if overflowed:
     warnings.warn(
@@ -455,7 +458,7 @@ def warn_if_dropped(dropped: Dropped, where: str = "") -> None:
         "beyond float32's range; they score 0 on both criteria. Scale the "
         "batch (or the layer's inputs) to a moderate range.",
         CriterionDroppedWarning,
-        stacklevel=4 if where else 3)
+        stacklevel=stacklevel)
   if bool(dropped.label_info):
     warnings.warn(
         f"{where}The label-information criterion (MI(Z;Y) proxy) dropped "
@@ -463,7 +466,7 @@ def warn_if_dropped(dropped: Dropped, where: str = "") -> None:
         "the input-information criterion alone; pass a batch with several "
         "classes to use labels.",
         CriterionDroppedWarning,
-        stacklevel=4 if where else 3)
+        stacklevel=stacklevel)
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes",))

@@ -254,7 +254,7 @@ def make_plan(found: Sequence[_Found], layers: LayerFilter,
     warnings.warn(
         "these layers keep their own init (the walk does not handle them): " +
         "; ".join(f"{p!r} ({why})" for p, why in unsupported.items()),
-        stacklevel=4)
+        stacklevel=5)
   first = {}
   for f in found:
     first.setdefault(f.path, f)
@@ -282,7 +282,7 @@ def make_plan(found: Sequence[_Found], layers: LayerFilter,
       warnings.warn(
           f"layer {path!r} is called {calls.count(path)} times with shared"
           " weights; it is set once, on the input of its first call.",
-          stacklevel=4)
+          stacklevel=5)
   return plan, rule
 
 
@@ -765,17 +765,34 @@ def walk_linen(
     found, lifted = _linen_plan(model, init_key, x, variables, kwargs)
   except Exception as error:  # the model's own error, re-raised with context
     raise _forward_error(x, error) from error
+  walk = _walk(
+      model,
+      found,
+      lifted,
+      x,
+      layers=layers,
+      make_rule=make_rule,
+      kwargs=kwargs_static,
+      report=report,
+      progress=progress)
+  return _run(walk, _compiled_linen, desc, progress, key, x, labels, variables,
+              kwarg_arrays)
+
+
+def _walk(model: Any, found: Sequence[_Found], lifted: Mapping[str, str],
+          x: jax.Array, *, layers: LayerFilter, make_rule: RuleFactory,
+          kwargs: _Kwargs, report: bool, progress: bool) -> _Walk:
+  """The plan (`make_plan`) and everything static about the compiled walk;
+  `model` is the linen module or the nnx graph definition."""
   plan, rule = make_plan(found, layers, lifted, make_rule)
-  walk = _Walk(
+  return _Walk(
       _static(model),
       plan,
       rule,
-      kwargs_static,
+      kwargs,
       report,
       observe=(progress or report) and placement.is_concrete(x),
       row_sharding=_row_sharding(x))
-  return _run(walk, _compiled_linen, desc, progress, key, x, labels, variables,
-              kwarg_arrays)
 
 
 def _run(walk: _Walk, program: Callable, desc: str, progress: bool, *args:
@@ -982,15 +999,16 @@ def walk_nnx(model: nnx.Module, key: jax.Array, x: jax.Array,
                               kwargs_static.join(kwarg_arrays))
   except Exception as error:  # the model's own error, re-raised with context
     raise _forward_error(x, error) from error
-  plan, rule = make_plan(found, layers, lifted, make_rule)
-  walk = _Walk(
-      _static(graphdef),
-      plan,
-      rule,
-      kwargs_static,
-      report,
-      observe=(progress or report) and placement.is_concrete(x),
-      row_sharding=_row_sharding(x))
+  walk = _walk(
+      graphdef,
+      found,
+      lifted,
+      x,
+      layers=layers,
+      make_rule=make_rule,
+      kwargs=kwargs_static,
+      report=report,
+      progress=progress)
   params, made = _run(walk, _compiled_nnx, desc, progress, state, key, x,
                       labels, kwarg_arrays)
   nnx.update(model, params)
