@@ -151,7 +151,8 @@ def test_a_mistake_is_one_usage_error_before_any_work(
                     reason="needs /proc")
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_out_under_proc_even_as_root(script, capsys, no_work):
-  argv = ["--data", "digits"] if script != "init_speed" else []
+  argv = [] if script in ("init_speed", "model_speed") else ["--data",
+                                                              "digits"]
   assert_usage_error(
       lambda: SCRIPTS[script].main(argv + ["--out", "/proc/nc_jax_bench"]),
       "--out", capsys)
