@@ -30,6 +30,9 @@ if __package__ in (None, ""):  # run as `python benchmarks/init_speed.py`
 from benchmarks import cli  # noqa: E402
 from benchmarks import reports  # noqa: E402
 from benchmarks import speed  # noqa: E402
+from benchmarks import speed_report  # noqa: E402
+from benchmarks import speed_cases  # noqa: E402
+from benchmarks import memory as memory_lib  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -39,12 +42,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--rows", type=cli.at_least(2), nargs="+",
                       default=[15_000, 60_000, 240_000],
                       help="batch sizes m of the dense rows")
-  parser.add_argument("--shapes", type=cli.checked(speed.parse_shape),
+  parser.add_argument("--shapes", type=cli.checked(speed_cases.parse_shape),
                       nargs="+",
                       default=[(784, 100), (784, 256), (1024, 1024)],
                       help="kernel shapes as FAN_INxFAN_OUT")
-  parser.add_argument("--convs", nargs="*", choices=tuple(speed.CONV_CASES),
-                      default=list(speed.CONV_CASES),
+  parser.add_argument("--convs", nargs="*", choices=tuple(speed_cases.CONV_CASES),
+                      default=list(speed_cases.CONV_CASES),
                       help="the CNN's convs, each on --conv-rows images")
   parser.add_argument("--conv-rows", type=cli.at_least(2), default=5_000,
                       help="images the conv rows are scored on")
@@ -77,7 +80,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.error(f"argument --max-flops: {args.max_flops:g} skips every "
                  f"--shapes/--rows pair (the smallest floor is "
                  f"{smallest:g} flops)")
-  cli.check_out(parser, args.out, speed.RESULT_FILES)
+  cli.check_out(parser, args.out, speed_report.RESULT_FILES)
   return args
 
 
@@ -86,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> str:
   start = time.perf_counter()
   rows = speed.run_benchmark(args.shapes, args.rows, args.max_flops,
                              repeats=args.repeats)
-  convs = [speed.CONV_CASES[name] for name in args.convs]
+  convs = [speed_cases.CONV_CASES[name] for name in args.convs]
   rows += speed.run_benchmark(convs, [args.conv_rows], repeats=args.repeats)
   chunks = []
   if args.chunk_sizes:
@@ -97,15 +100,15 @@ def main(argv: Sequence[str] | None = None) -> str:
   # The election table's floors are large products: half the repeats.
   election = speed.run_elections(args.fan_outs, args.groups,
                                  repeats=max(1, args.repeats // 2))
-  memory = speed.memory_scaling((784, 100), args.memory_rows)
+  memory = memory_lib.memory_scaling((784, 100), args.memory_rows)
   if args.memory_rows:  # a quarter of --conv-rows and all of them
     for case in convs:
-      memory += speed.memory_scaling(case, sorted({max(2, args.conv_rows // 4),
+      memory += memory_lib.memory_scaling(case, sorted({max(2, args.conv_rows // 4),
                                                    args.conv_rows}))
-  info = {**reports.machine_info(), "data": speed.DATA,
+  info = {**reports.machine_info(), "data": speed_cases.DATA,
           "command": cli.command("init_speed.py", argv),
           "wall time s": round(time.perf_counter() - start, 1)}
-  text = speed.write_results(rows, info, args.out, election, memory, chunks,
+  text = speed_report.write_results(rows, info, args.out, election, memory, chunks,
                              repeats=args.repeats)
   print(text)
   return text

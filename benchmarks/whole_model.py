@@ -34,12 +34,11 @@ import numpy as np
 import nc_jax
 from benchmarks import data as data_lib
 from benchmarks import reports
-from benchmarks import speed
+from benchmarks import timing
 from benchmarks import training
 
 CHILD_FLAG = "--first-call-child"
 RESULT_FILES = ("model_speed.md", "model_speed.json")
-NOISY_SPREAD = 1.3
 # Targets: (warm / floor, first call / floor, LSUV warm / forward).
 TARGETS = {"lenet": (1.3, 4.0, 3.0), "resnet": (1.3, 4.0, 3.0)}
 COLUMNS = ("model", "weight layers", "forward ms", "floor ms", "floor kind",
@@ -194,7 +193,7 @@ def warm_timings(model: Model, m: int, repeats: int) -> dict[str, Any]:
                                                   progress=False),
       "lsuv": lambda i: nc_jax.lsuv_linen(module, i, x, progress=False),
   }
-  _, times = speed.interleaved(fns, repeats)
+  _, times = timing.interleaved(fns, repeats)
   return {"layers": len(layers), "times": times}
 
 
@@ -284,7 +283,7 @@ def verdict(row: dict[str, Any], targets: tuple[float, ...] | None) -> str:
   """Met/missed per target, or noisy when the floor moved too much."""
   if targets is None:
     return ""
-  if row["floor spread"] > NOISY_SPREAD:
+  if row["floor spread"] > timing.NOISY_SPREAD:
     return "noisy (floor spread > 1.3): not judged"
   measured = (row["warm / floor"], row["first / floor"],
               row["LSUV / forward"])

@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 from benchmarks import ablation
 from benchmarks import data as data_lib
 from benchmarks import init_speed
+from benchmarks import memory as memory_lib
 from benchmarks import mnist_cnn
 from benchmarks import mnist_mlp
 from benchmarks import model_speed
@@ -117,7 +118,7 @@ def no_work(monkeypatch):
 
   for module, name in ((data_lib, "load"), (training, "run_comparison"),
                        (speed, "run_benchmark"), (speed, "run_elections"),
-                       (speed, "memory_scaling"), (speed, "run_chunk_sizes"),
+                       (memory_lib, "memory_scaling"), (speed, "run_chunk_sizes"),
                        (whole_model, "bench_model")):
     monkeypatch.setattr(module, name, fail)
 

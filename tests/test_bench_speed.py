@@ -1,4 +1,5 @@
-"""The init_speed measurements (benchmarks/speed.py) and entry script
+"""The init_speed measurements (benchmarks/speed.py, speed_cases.py,
+timing.py, memory.py, speed_report.py) and entry script
 (benchmarks/init_speed.py) on tiny inputs."""
 
 import json
@@ -13,35 +14,39 @@ from benchmarks import init_speed
 from benchmarks import numpy_port
 from benchmarks import reports
 from benchmarks import speed
+from benchmarks import timing
+from benchmarks import speed_report
+from benchmarks import speed_cases
+from benchmarks import memory as memory_lib
 from helpers import stratified
 
 
 @pytest.mark.parametrize("shape", [(64, 8), (784, 8)])
 def test_load_dataset_shapes(shape):
-  x, y = speed.load_dataset(50, shape[0])
+  x, y = speed_cases.load_dataset(50, shape[0])
   assert x.shape == (50, shape[0]) and x.dtype == "float32"
   assert y.shape == (50,)
 
 
 def test_mnist_rows_are_tiled():
-  x, _ = speed.load_dataset(5003, 784)
+  x, _ = speed_cases.load_dataset(5003, 784)
   assert (x[5000:] == x[:3]).all() and 0.0 <= x.min() and x.max() <= 1.0
 
 
 def test_writes_tables_json_and_plot(tmp_path):
   rows = speed.run_benchmark([(64, 8)], [50, 120], repeats=2, memory=False)
   election = [speed.bench_election(32, 8, 2, floor_rows=100, repeats=1)]
-  text = speed.write_results(rows, reports.machine_info(), tmp_path, election,
+  text = speed_report.write_results(rows, reports.machine_info(), tmp_path, election,
                              repeats=2)
   assert (tmp_path / "init_speed.md").read_text() == text
-  assert "| " + " | ".join(speed.COLUMNS) + " |" in text
-  assert "| " + " | ".join(speed.ELECTION_COLUMNS) + " |" in text
+  assert "| " + " | ".join(speed_report.COLUMNS) + " |" in text
+  assert "| " + " | ".join(speed_report.ELECTION_COLUMNS) + " |" in text
   assert (tmp_path / "init_speed.png").stat().st_size > 0
   result = json.loads((tmp_path / "init_speed.json").read_text())
-  assert result["columns"] == list(speed.COLUMNS)
+  assert result["columns"] == list(speed_report.COLUMNS)
   assert set(result["machine"]) >= {"device", "cpu cores", "jax", "date"}
   row = result["rows"][0]
-  assert list(row) == list(speed.COLUMNS)
+  assert list(row) == list(speed_report.COLUMNS)
   assert (row["shape"], row["m"], row["N"], row["chunk"]) == ("64x8", 50, 40,
                                                                "auto")
   assert "| 64x8 | 50 | 40 | auto | " in text
@@ -64,19 +69,19 @@ def test_writes_tables_json_and_plot(tmp_path):
     (1.1, 1.05, None, "–"),
 ])
 def test_verdict(ratio, spread, target, want):
-  assert speed.verdict(ratio, spread, target) == want
+  assert timing.verdict(ratio, spread, target) == want
 
 
 def test_the_cnn_convs_against_their_floor():
   # The CNN's convs on MNIST images: the second's input is the first
   # block's output (32 channels, 14x14); floors and campaign timed alike.
-  x, _ = speed.CONV_CASES["conv2"].batch(3)
+  x, _ = speed_cases.CONV_CASES["conv2"].batch(3)
   assert x.shape == (3, 14, 14, 32) and float(x.min()) >= 0.0
-  row = speed.bench_config(speed.CONV_CASES["conv2"], 3, repeats=1,
+  row = speed.bench_config(speed_cases.CONV_CASES["conv2"], 3, repeats=1,
                            memory=False)
   assert (row["shape"], row["N"], row["NumPy port ms"]) == ("conv2", 320, None)
   assert row["ratio"] > 0 and row["plain ms"] > 0 and row["chunked ms"] > 0
-  [memory, whole] = speed.memory_scaling(speed.CONV_CASES["conv1"], [4])
+  [memory, whole] = memory_lib.memory_scaling(speed_cases.CONV_CASES["conv1"], [4])
   assert (memory["shape"], memory["chunk"], whole["chunk"]) == ("conv1", "auto", 4)
   assert memory["peak MB"] >= 0
 
@@ -93,7 +98,7 @@ def test_max_flops_skips_large_configurations():
 
 
 def test_memory_scaling_runs_default_chunks_and_the_whole_batch():
-  rows = speed.memory_scaling((64, 8), [3000])
+  rows = memory_lib.memory_scaling((64, 8), [3000])
   assert [(r["m"], r["chunk"]) for r in rows] == [(3000, "auto"), (3000, 3000)]
   assert all(math.isfinite(r["peak MB"]) and r["peak MB"] >= 0 for r in rows)
 
