@@ -214,3 +214,10 @@ def test_as_a_script(script, argv, tmp_path):
   assert result.returncode == 2
   assert "Traceback" not in result.stderr and not result.stdout
   assert result.stderr.splitlines()[-1].startswith(f"{script}: error: ")
+
+
+def test_data_is_shown_as_one_source_and_one_directory(capsys):
+  with pytest.raises(SystemExit):
+    mnist_mlp.parse_args(["--help"])
+  out = capsys.readouterr().out
+  assert "--data SOURCE [DIR]" in out and "SOURCE [DIR] ..." not in out

@@ -295,3 +295,17 @@ def test_a_batch_without_features_is_refused(batch, shape, match):
 def test_an_empty_kernel_shape_is_refused():
   with pytest.raises(ValueError, match="fan_in >= 1 and fan_out >= 1"):
     nc_jax.random_pick_init()(jax.random.key(0), (0, 4))
+
+
+def test_bools_are_not_ints():
+  # `True` passed as a count or a shape entry, refused like any non-int.
+  init = nc_jax.random_pick_init()
+  with pytest.raises(ValueError, match="`shape` must be a kernel shape"):
+    init(jax.random.key(0), (True, 4))
+  with pytest.raises(ValueError, match="`num_candidates`"):
+    nc_jax.random_pick_init(num_candidates=True)
+  with pytest.raises(ValueError, match="`num_candidates`"):
+    nc_jax.draw_candidates(jax.random.key(0), jax.nn.initializers.he_normal(),
+                           (3, 4), True)
+  with pytest.raises(ValueError, match="`k` must be a non-negative int"):
+    nc_jax.select_neurons(np.ones((3, 4), np.float32), np.ones(4), True)

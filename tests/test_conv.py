@@ -114,12 +114,34 @@ def test_one_and_three_dimensional_kernels(batch_shape, shape):
     ((10, 8, 8, 1), (3, 3, 1, 4), {"strides": 0}, "`strides` must be a positive int"),
     ((10, 8, 8, 1), (3, 3, 1, 4), {"kernel_dilation": (1, 2, 3)}, "`kernel_dilation`"),
     ((10, 8, 8, 1), (3, 3, 1, 4), {"padding": ((1, 1),)}, "`padding` must be"),
+    ((10, 8, 8, 1), (3, 3, 1, 4), {"strides": 1.0}, "`strides` must be a positive int"),
+    ((10, 8, 8, 1), (3, 3, 1, 4), {"padding": ["a", "b"]}, "`padding` must be"),
+    ((10, 8, 8, 1), (3, 3, 1, 4), {"feature_group_count": True},
+     "`feature_group_count` must be a positive int"),
+    ((10, 4, 4, 1), (3, 3, 1, 4), {"padding": "VALID", "kernel_dilation": 2},
+     r"the \(5, 5\) window \(dilated\) is larger"),
 ])
 def test_bad_input(batch_shape, shape, kwargs, match):
   x = np.random.default_rng(0).normal(size=batch_shape).astype(np.float32)
   with pytest.raises(ValueError, match=match):
     nc_jax.campaign_init(x, np.arange(10) % 2, **kwargs)(jax.random.key(0),
                                                          shape)
+
+
+@pytest.mark.parametrize("kwargs", [{"strides": 1.0}, {"padding": ["a", "b"]},
+                                    {"kernel_dilation": "2"}])
+def test_conv_options_raise_at_once_even_for_a_dense_kernel(kwargs):
+  # They were ignored when the kernel turned out dense.
+  with pytest.raises(ValueError, match="must be"):
+    nc_jax.campaign_init(np.ones((4, 3), np.float32), **kwargs)
+
+
+def test_none_strides_and_dilation_are_flax_s_default():
+  x = np.random.default_rng(0).normal(size=(10, 8, 8, 1)).astype(np.float32)
+  key, shape = jax.random.key(0), (3, 3, 1, 4)
+  np.testing.assert_array_equal(
+      nc_jax.campaign_init(x, strides=None, kernel_dilation=None)(key, shape),
+      nc_jax.campaign_init(x)(key, shape))
 
 
 def test_random_pick_takes_conv_kernels():
