@@ -20,6 +20,7 @@ from nc_jax._src.model_campaign import linear_alpha as linear_alpha
 from nc_jax._src.report import WalkReport as WalkReport
 from nc_jax._src.scores import neuron_scores as neuron_scores
 from nc_jax._src.types import CriterionDroppedWarning as CriterionDroppedWarning
+from nc_jax._src.whitening import whitening_init as whitening_init
 
 __version__ = "0.1.0"
 
@@ -39,4 +40,5 @@ __all__ = [
     "neuron_scores",
     "random_pick_init",
     "select_neurons",
+    "whitening_init",
 ]

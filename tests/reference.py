@@ -147,3 +147,33 @@ def conv_patches(images, window, strides, padding, dilation):
       rows.append(np.concatenate(taps))
       owner.append(i)
   return np.array(rows), np.array(owner)
+
+
+def whitening(patches, features, eps, *, center=True, pairs=True,
+              method="pca"):
+  """The whitening kernel `(d, features)` of explicit patches `(n, d)`, as
+  docs/algorithm.md#patch-whitening states it (at most d directions), and
+  the eigenvalues and their eps unit."""
+  p = np.asarray(patches, np.float64)
+  n, d = p.shape
+  if center:
+    p = p - p.mean(0)
+  cov = p.T @ p / n
+  lam, v = np.linalg.eigh(cov)
+  lam, v = np.clip(lam[::-1], 0, None), v[:, ::-1].copy()
+  for i in range(d):
+    peak = max(range(d), key=lambda r: abs(v[r, i]))
+    if v[peak, i] < 0:
+      v[:, i] = -v[:, i]
+  median = float(np.median(lam))
+  level = median if median > 0 else float(np.mean(lam))
+  denom = lam + eps * level if level > 0 else np.ones(d)
+  u = v / np.sqrt(denom)
+  if method == "zca":
+    u = u @ v.T
+  k = -(-features // 2) if pairs else features
+  assert k <= d, "the reference covers at most d directions"
+  u = u[:, :k]
+  if pairs:
+    u = np.concatenate([u, -u], axis=1)[:, :features]
+  return u, lam, level

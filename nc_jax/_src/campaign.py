@@ -310,6 +310,42 @@ def checked_batch(batch: ArrayLike, labels: ArrayLike | None,
                       valid)
 
 
+class LayerInput(NamedTuple):
+  """A checked batch as a kernel of some shape multiplies it."""
+  rows: jax.Array  # a dense kernel's (m, fan_in) rows; a conv's images
+  first_row: jax.Array | None  # `rows[:1]`, placed (None: traced)
+  conv: conv.ConvSpec | None  # a convolution's geometry
+  positions: int  # samples per row: a convolution's output positions
+
+
+def layer_input(checked: CheckedBatch, shape: tuple[int, ...], *,
+                strides: Any, padding: conv.Padding, kernel_dilation: Any,
+                feature_group_count: int) -> LayerInput:
+  """The checked batch as a kernel of `shape` meets it: a dense kernel's
+  rows (the batch flattened to fan_in), or a convolution's images with its
+  checked geometry.
+
+  Raises:
+    ValueError: for a batch that does not fit the kernel, naming the fix.
+  """
+  x, first_row = checked.x, checked.first_row
+  if len(shape) == 2:  # a dense kernel: the batch flattened to fan_in
+    rows = _flat(x)
+    if rows.shape[1] != shape[0]:
+      raise ValueError(
+          f"`batch` has {rows.shape[1]} features but the kernel expects "
+          f"fan_in={shape[0]}; pass the activations that feed this layer.")
+    return LayerInput(rows, _flat(first_row), None, 1)
+  spec = conv.conv_spec(
+      x.shape,
+      shape,
+      strides=strides,
+      padding=padding,
+      kernel_dilation=kernel_dilation,
+      feature_group_count=feature_group_count)
+  return LayerInput(x, first_row, spec, spec.positions(x.shape, shape))
+
+
 class Elected(NamedTuple):
   """A layer's campaign: its kernel and how it was chosen."""
   kernel: jax.Array  # the elected candidates, in the kernel's layout
@@ -336,23 +372,14 @@ def score_and_elect(checked: CheckedBatch,
                     feature_group_count: int = 1) -> Elected:
   """Draws N candidates for a kernel of `shape`, scores them on the checked
   batch (Steps 1-3) and elects fan_out of them (Steps 3-5)."""
-  x, first_row = checked.x, checked.first_row
-  if len(shape) == 2:  # a dense kernel: the batch flattened to fan_in
-    rows, first, spec, positions = _flat(x), _flat(first_row), None, 1
-    if rows.shape[1] != shape[0]:
-      raise ValueError(
-          f"`batch` has {rows.shape[1]} features but the kernel expects "
-          f"fan_in={shape[0]}; pass the activations that feed this layer.")
-  else:  # a convolution's: the batch as images
-    rows, first = x, first_row
-    spec = conv.conv_spec(
-        x.shape,
-        shape,
-        strides=strides,
-        padding=padding,
-        kernel_dilation=kernel_dilation,
-        feature_group_count=feature_group_count)
-    positions = spec.positions(x.shape, shape)
+  x = checked.x
+  rows, first, spec, positions = layer_input(
+      checked,
+      shape,
+      strides=strides,
+      padding=padding,
+      kernel_dilation=kernel_dilation,
+      feature_group_count=feature_group_count)
   options = _options(
       rows,
       num_candidates,

@@ -36,9 +36,11 @@ class ConvSpec:
   padding: str | tuple[tuple[int, int], ...]
   dilation: tuple[int, ...]
 
-  def apply(self, rows: jax.Array, kernel: jax.Array) -> jax.Array:
+  def apply(self, rows: jax.Array, kernel: jax.Array,
+            precision: Any = None) -> jax.Array:
     """`rows (c, *spatial, in)` convolved with `kernel (*window, in, out)`,
-    as `flax.linen.Conv` does it: `(c, *out_spatial, out)`."""
+    as `flax.linen.Conv` does it: `(c, *out_spatial, out)`; `precision` as
+    `jax.lax.conv_general_dilated` takes it."""
     n = rows.ndim
     dimensions = jax.lax.ConvDimensionNumbers(
         lhs_spec=(0, n - 1, *range(1, n - 1)),
@@ -50,7 +52,8 @@ class ConvSpec:
         window_strides=self.strides,
         padding=self.padding,
         rhs_dilation=self.dilation,
-        dimension_numbers=dimensions)
+        dimension_numbers=dimensions,
+        precision=precision)
 
   def positions(self, batch_shape: tuple[int, ...],
                 kernel_shape: tuple[int, ...]) -> int:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 import dataclasses
+import math
 import numbers
 from typing import Any, Literal, Union, get_args
 
@@ -19,6 +20,7 @@ from nc_jax._src import conv
 from nc_jax._src import placement
 from nc_jax._src import traversal
 from nc_jax._src import validation
+from nc_jax._src import whitening as whitening_lib
 from nc_jax._src.report import WalkReport
 from nc_jax._src.types import Activation
 from nc_jax._src.types import Initializer
@@ -117,6 +119,39 @@ def _scalar_bias(bias: jax.Array | None) -> tuple[jax.Array, jax.Array]:
   return flat[0], jnp.all(flat == flat[0])
 
 
+def _whitened(whiten: traversal.LayerFilter,
+              plan: traversal.Plan) -> tuple[bool, ...]:
+  """Which layers taking part `whiten` names, one flag per layer."""
+  if whiten is None:
+    return (False,) * len(plan.layers)
+  if callable(whiten):
+    return tuple(bool(whiten(p)) for p in plan.paths)
+  if isinstance(whiten, str):
+    whiten = (whiten,)
+  if not isinstance(whiten, Collection):
+    raise TypeError(
+        "`whiten` must be None, a collection of layer paths or a predicate "
+        f"on the path, got {type(whiten).__name__}.")
+  unknown = sorted(set(whiten) - set(plan.paths))
+  if unknown:
+    raise ValueError(
+        f"`whiten` names {unknown}, which do not take part in the walk; the "
+        f"layers taking part are {list(plan.paths)} (see `layers=`).")
+  return tuple(p in whiten for p in plan.paths)
+
+
+def _whitening_options(
+    whitening: Mapping[str, Any] | None) -> whitening_lib.WhiteningOptions:
+  if whitening is None:
+    return whitening_lib.WhiteningOptions()
+  fields = [f.name for f in dataclasses.fields(whitening_lib.WhiteningOptions)]
+  if not isinstance(whitening, Mapping) or set(whitening) - set(fields):
+    raise ValueError(
+        f"`whitening` must be a mapping of `whitening_init`'s options "
+        f"{fields}, got {whitening!r}.")
+  return whitening_lib.WhiteningOptions(**whitening)
+
+
 # nnx layers do not keep their kernel_init; this is their default.
 _NNX_DEFAULT_INIT = nnx.initializers.lecun_normal()
 
@@ -124,7 +159,8 @@ _NNX_DEFAULT_INIT = nnx.initializers.lecun_normal()
 @dataclasses.dataclass(frozen=True)
 class _CampaignRule(traversal.Rule):
   """Each layer's kernel elected by a campaign on its input (or, with
-  `elect="random"`, picked at random from the same candidates)."""
+  `elect="random"`, picked at random from the same candidates), or for the
+  layers `whitened` names, `whitening_init` of its input."""
   alphas: tuple[float, ...]
   activations: tuple[Activation, ...]
   candidates_per_neuron: int
@@ -133,6 +169,8 @@ class _CampaignRule(traversal.Rule):
   num_classes: int | None
   chunk_size: int | None
   elect: Elect
+  whitened: tuple[bool, ...]
+  whitening: whitening_lib.WhiteningOptions
 
   def _shape(self, spec: traversal.LayerSpec) -> tuple[int, ...]:
     # A convolution is elected in its own layout; a dense layer's kernel as
@@ -140,19 +178,23 @@ class _CampaignRule(traversal.Rule):
     return spec.kernel_shape if spec.geometry.conv else spec.flat_shape
 
   def describe(self, spec: traversal.LayerSpec) -> dict[str, Any]:
-    fan_out = self._shape(spec)[-1]
+    shape = self._shape(spec)
+    if self.whitened[spec.index]:
+      return {"whitened": f"{self.whitening.method}, d={math.prod(shape[:-1])}"}
     return {
-        "candidates": self.candidates_per_neuron * fan_out,
-        "elected": fan_out
+        "candidates": self.candidates_per_neuron * shape[-1],
+        "elected": shape[-1]
     }
 
   def refusal(self, spec: traversal.LayerSpec) -> str | None:
     options = spec.geometry.conv_options
-    if self.elect == "random" or options is None:
-      return None
-    images = (2, *spec.input_shape[-len(spec.kernel_shape) + 1:])
+    whitened = self.whitened[spec.index]
     try:
-      conv.conv_spec(images, spec.kernel_shape, **options)
+      if whitened:
+        self.whitening.check_shape(self._shape(spec))
+      if options is not None and (whitened or self.elect != "random"):
+        images = (2, *spec.input_shape[-len(spec.kernel_shape) + 1:])
+        conv.conv_spec(images, spec.kernel_shape, **options)
     except ValueError as error:
       return str(error)
     return None
@@ -166,7 +208,7 @@ class _CampaignRule(traversal.Rule):
     draw_from = self.base_init or spec.kernel_init or _NNX_DEFAULT_INIT
     key = jax.random.fold_in(key, spec.index)
     dtype = layer.kernel.dtype
-    if self.elect == "random":
+    if self.elect == "random" and not self.whitened[spec.index]:
       kernel = campaign.random_pick_init(
           num_candidates=num_candidates, base_init=draw_from)(key, shape, dtype)
       return kernel.reshape(spec.kernel_shape), {}
@@ -175,10 +217,22 @@ class _CampaignRule(traversal.Rule):
       rows = rows.reshape(-1, shape[0])
     if labels is not None and positions > 1:  # each with its example's label
       labels = jnp.repeat(labels, positions)
-    bias, constant = _scalar_bias(layer.bias)
-    checked = campaign.checked_batch(rows, labels, self.num_classes)
+    whitened = self.whitened[spec.index]
+    checked = campaign.checked_batch(rows, None if whitened else labels,
+                                     self.num_classes)
     if layer.row_sharding is not None:  # scored where the rows lie
       checked = checked._replace(row_sharding=layer.row_sharding)
+    if whitened:
+      kernel = whitening_lib.whitened_kernel(
+          checked,
+          key,
+          shape,
+          dtype,
+          self.whitening,
+          chunk_size=self.chunk_size,
+          **(spec.geometry.conv_options or {}))
+      return kernel.reshape(spec.kernel_shape), {}
+    bias, constant = _scalar_bias(layer.bias)
     elected = campaign.score_and_elect(
         checked,
         key,
@@ -208,8 +262,9 @@ class _CampaignRule(traversal.Rule):
 def _campaign_rule(num_classes: int | None, *, alpha: AlphaSchedule,
                    activation: Activations, candidates_per_neuron: int,
                    base_init: Initializer | None, class_balanced: bool,
-                   chunk_size: int | None,
-                   elect: Elect) -> traversal.RuleFactory:
+                   chunk_size: int | None, elect: Elect,
+                   whiten: traversal.LayerFilter,
+                   whitening: Mapping[str, Any] | None) -> traversal.RuleFactory:
   validation.check_positive_int(
       candidates_per_neuron,
       "candidates_per_neuron",
@@ -222,6 +277,7 @@ def _campaign_rule(num_classes: int | None, *, alpha: AlphaSchedule,
   if base_init is not None:
     validation.check_callables(base_init=base_init)
   chunk_size = validation.check_chunk_size(chunk_size)
+  whitening_options = _whitening_options(whitening)
 
   def make_rule(plan: traversal.Plan) -> traversal.Rule:
     activation_of = _activation_for(activation, plan)
@@ -233,7 +289,9 @@ def _campaign_rule(num_classes: int | None, *, alpha: AlphaSchedule,
         class_balanced=bool(class_balanced),
         num_classes=num_classes,
         chunk_size=chunk_size,
-        elect=elect)
+        elect=elect,
+        whitened=_whitened(whiten, plan),
+        whitening=whitening_options)
 
   return make_rule
 
@@ -253,6 +311,8 @@ def campaign_linen(
     layers: traversal.LayerFilter = None,
     chunk_size: int | None = None,
     elect: Elect = "campaign",
+    whiten: traversal.LayerFilter = None,
+    whitening: Mapping[str, Any] | None = None,
     progress: bool = True,
     model_kwargs: Mapping[str, Any] | None = None,
     report: bool = False,
@@ -308,6 +368,16 @@ def campaign_linen(
       and `random_pick_init` picks fan_out of them uniformly at random
       (`y`, `alpha`, `activation`, `class_balanced` and `chunk_size` then
       play no part).
+    whiten: layers whose kernel is `whitening_init` of their input instead
+      (their window, strides, padding and dilation; the campaign's
+      `chunk_size`), e.g. `whiten=["Conv_0"]` for a whitened first
+      convolution and the rest elected: None (none), a collection of paths
+      among the layers taking part, or a predicate on the path. With
+      `layers=["Conv_0"], whiten=["Conv_0"]` only that layer changes. A
+      whitened layer's input is the output of the layers already set, as for
+      the campaign, and the alpha schedule still counts it.
+    whitening: `whitening_init`'s options for those layers, e.g.
+      `{"eps": 1e-3, "center": False}`.
     progress: show a tqdm bar over layers, naming each as the compiled walk
       finishes it (none inside the caller's jit).
     model_kwargs: keyword arguments for the model's `__call__` (e.g.
@@ -348,7 +418,9 @@ def campaign_linen(
       base_init=base_init,
       class_balanced=class_balanced,
       chunk_size=chunk_size,
-      elect=elect)
+      elect=elect,
+      whiten=whiten,
+      whitening=whitening)
   variables, made = traversal.walk_linen(
       model,
       validation.as_key(key),
@@ -378,6 +450,8 @@ def campaign_nnx(
     layers: traversal.LayerFilter = None,
     chunk_size: int | None = None,
     elect: Elect = "campaign",
+    whiten: traversal.LayerFilter = None,
+    whitening: Mapping[str, Any] | None = None,
     progress: bool = True,
     model_kwargs: Mapping[str, Any] | None = None,
     report: bool = False,
@@ -424,6 +498,16 @@ def campaign_nnx(
       and `random_pick_init` picks fan_out of them uniformly at random
       (`y`, `alpha`, `activation`, `class_balanced` and `chunk_size` then
       play no part).
+    whiten: layers whose kernel is `whitening_init` of their input instead
+      (their window, strides, padding and dilation; the campaign's
+      `chunk_size`), e.g. `whiten=["Conv_0"]` for a whitened first
+      convolution and the rest elected: None (none), a collection of paths
+      among the layers taking part, or a predicate on the path. With
+      `layers=["Conv_0"], whiten=["Conv_0"]` only that layer changes. A
+      whitened layer's input is the output of the layers already set, as for
+      the campaign, and the alpha schedule still counts it.
+    whitening: `whitening_init`'s options for those layers, e.g.
+      `{"eps": 1e-3, "center": False}`.
     progress: show a tqdm bar over layers, naming each as the compiled walk
       finishes it (none inside the caller's jit).
     model_kwargs: keyword arguments for the model's `__call__` (e.g.
@@ -464,7 +548,9 @@ def campaign_nnx(
       base_init=base_init,
       class_balanced=class_balanced,
       chunk_size=chunk_size,
-      elect=elect)
+      elect=elect,
+      whiten=whiten,
+      whitening=whitening)
   return traversal.walk_nnx(
       model,
       validation.as_key(key),

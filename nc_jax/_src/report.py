@@ -21,6 +21,7 @@ _COLUMNS = (
     ("kernel_shape", "kernel"),
     ("candidates", "candidates"),
     ("elected", "elected"),
+    ("whitened", "whitened"),
     ("score_elected", "median score elected"),
     ("score_all", "median score all"),
     ("std_before", "output std before"),
@@ -46,6 +47,8 @@ class WalkReport:
   Row keys (a row has those its walk measures):
     path, kernel_shape: the layer and its kernel.
     candidates, elected: the campaign's N and fan_out.
+    whitened: for a layer given `whitening_init` (`whiten=`), its method and
+      patch dimension d.
     score_elected, score_all: the median score of the elected candidates and
       of all candidates.
     std_before, std_after: the standard deviation of the layer's output on

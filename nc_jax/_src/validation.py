@@ -390,10 +390,15 @@ def check_init_call(shape: object, num_candidates: int | None, dtype: object,
   shape = check_kernel_shape(shape)
   n = per_neuron * shape[-1] if num_candidates is None else num_candidates
   n = check_num_candidates(n, shape[-1], per_neuron)
+  return shape, n, check_float_dtype(dtype)
+
+
+def check_float_dtype(dtype: object) -> jnp.dtype:
+  """Checks a kernel's dtype: a floating dtype; returns it as a dtype."""
   dtype = jnp.dtype(dtype)
   if not jnp.issubdtype(dtype, jnp.floating):
     raise TypeError(f"`dtype` must be a floating dtype, got {dtype}.")
-  return shape, n, dtype
+  return dtype
 
 
 def check_callables(**functions: object) -> None:
