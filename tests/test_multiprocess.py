@@ -5,7 +5,8 @@ cluster would. They meet through `jax.distributed.initialize` (a coordinator
 on 127.0.0.1, gloo collectives on CPU), build the global batch with
 `jax.make_array_from_process_local_data`, and call the campaign on it, as
 docs/scaling.md tells users to. The kernels must equal exactly those of one
-process holding every row.
+process holding every row (whitening's: to rounding, its covariance summed
+in another order).
 """
 
 import os
@@ -46,10 +47,12 @@ WORKER = textwrap.dedent("""
     gx = jax.make_array_from_process_local_data(sharding, x[rows])
     gy = jax.make_array_from_process_local_data(sharding, y[rows])
     kernel = nc_jax.campaign_init(gx, gy)(jax.random.key(0), SHAPE)
+    white = nc_jax.whitening_init(gx)(jax.random.key(0), SHAPE)
     variables = nc_jax.campaign_linen(model(), jax.random.key(1), gx, gy,
                                       progress=False)
     leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
     np.savez(f"{out}/{process_id}.npz", kernel=np.asarray(kernel),
+             white=np.asarray(white),
              **{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves})
 """).replace("SHAPE", repr(SHAPE))
 
@@ -96,6 +99,7 @@ def test_two_processes_give_the_single_process_kernels(tmp_path):
 
   x, y = batch()
   kernel = nc_jax.campaign_init(x, y)(jax.random.key(0), SHAPE)
+  white = nc_jax.whitening_init(x)(jax.random.key(0), SHAPE)
   variables = nc_jax.campaign_linen(model(), jax.random.key(1), x, y,
                                     progress=False)
   want = {jax.tree_util.keystr(k): np.asarray(v)
@@ -103,6 +107,8 @@ def test_two_processes_give_the_single_process_kernels(tmp_path):
   for i in range(2):
     got = dict(np.load(tmp_path / f"{i}.npz"))
     np.testing.assert_array_equal(got.pop("kernel"), kernel)
+    # Whitening's covariance, summed across the processes: to rounding.
+    np.testing.assert_allclose(got.pop("white"), white, rtol=1e-4, atol=1e-4)
     assert got.keys() == want.keys()
     for name, value in want.items():
       np.testing.assert_array_equal(got[name], value, err_msg=name)

@@ -16,6 +16,7 @@ SCRIPT = textwrap.dedent("""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     import nc_jax
     from nc_jax._src import campaign, placement, scores
+    from nc_jax._src import conv as conv_lib
     from benchmarks import data
 
     assert len(jax.devices()) == 4, jax.devices()
@@ -92,6 +93,40 @@ SCRIPT = textwrap.dedent("""
       np.testing.assert_array_equal(one, jitted(xs, ys))
       got = nc_jax.campaign_linen(model, key, xs, ys, progress=False)
       jax.tree.map(np.testing.assert_array_equal, want, got)
+
+    # Whitening: the patch covariance summed where the rows lie (one
+    # all-reduce of the sums, nothing gathered), the same kernel as one
+    # device's to rounding; and a whole model's whitened layer.
+    from nc_jax._src import whitening
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    images_s = jax.device_put(images, NamedSharding(mesh, P("data")))
+    for chunk_size in (None, 96):
+      one = nc_jax.whitening_init(images, chunk_size=chunk_size, strides=2)(
+          key, (3, 3, 1, 18))
+      got = nc_jax.whitening_init(images_s, chunk_size=chunk_size, strides=2)(
+          key, (3, 3, 1, 18))
+      np.testing.assert_allclose(got, one, rtol=1e-4, atol=1e-4)
+      _, _, first_row, sharding = placement.placement(images_s, None)
+      hlo = whitening._whitening_kernel.lower(
+          key, images_s, first_row, shape=(3, 3, 1, 18), dtype=jnp.float32,
+          spec=conv_lib.conv_spec(images.shape, (3, 3, 1, 18), strides=2,
+                                  padding="SAME", kernel_dilation=1,
+                                  feature_group_count=1),
+          options=whitening.WhiteningOptions(), chunk_size=chunk_size,
+          row_sharding=sharding).compile().as_text()
+      collectives = re.findall(
+          r"(all-gather|all-reduce|all-to-all|reduce-scatter|"
+          r"collective-permute|collective-broadcast)(?:-start)?\\(", hlo)
+      assert collectives and set(collectives) == {"all-reduce"}, collectives
+    cnn = nn.Sequential([nn.Conv(18, (3, 3)), nn.relu, lambda h: h.reshape(
+        h.shape[0], -1), nn.Dense(10)])
+    want = nc_jax.campaign_linen(cnn, key, images, y, whiten=["layers_0"],
+                                 progress=False)
+    got = nc_jax.campaign_linen(cnn, key, images_s, y, whiten=["layers_0"],
+                                progress=False)
+    np.testing.assert_allclose(got["params"]["layers_0"]["kernel"],
+                               want["params"]["layers_0"]["kernel"],
+                               rtol=1e-4, atol=1e-4)
     print("OK")
 """)
 
