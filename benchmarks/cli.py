@@ -20,6 +20,7 @@ from typing import Any
 
 from benchmarks import data as data_lib
 from benchmarks import reports
+from benchmarks import stats
 from benchmarks import training
 
 RESULTS = pathlib.Path(__file__).parent / "results"
@@ -193,17 +194,21 @@ def command(script: str, argv: Sequence[str] | None) -> str:
                    *(sys.argv[1:] if argv is None else argv)])
 
 
-def run(script: str, argv: Sequence[str] | None, args: argparse.Namespace,
-        **options: Any) -> tuple[list[training.Run], dict[str, Any]]:
+def run(
+    script: str, argv: Sequence[str] | None, args: argparse.Namespace,
+    **options: Any
+) -> tuple[list[training.Run], dict[str, Any], dict[str, Any]]:
   """Loads the data, trains every (`args.arch`, `args.init`) pair over
-  `args.seeds` and `args.epochs`; returns the runs and their settings."""
+  `args.seeds` and `args.epochs`, then times the time to accuracy
+  (`stats.time_to_target`); returns the runs, their settings and that."""
   dataset = load_data(args)
   print(dataset.describe())
   start = time.perf_counter()
   runs = training.run_comparison(args.arch, args.init, dataset,
                                  range(args.seeds), args.epochs, **options)
-  return runs, run_settings(script, argv, dataset, args,
-                            time.perf_counter() - start)
+  settings = run_settings(script, argv, dataset, args,
+                          time.perf_counter() - start)
+  return runs, settings, stats.time_to_target(runs, dataset)
 
 
 def run_settings(script: str, argv: Sequence[str] | None,

@@ -12,6 +12,11 @@ Initializers go through the library's public whole-model API.
 
   python benchmarks/mnist_mlp.py                    # the default comparison
   python benchmarks/mnist_mlp.py --epochs 100 --seeds 10 --data tfds
+  python benchmarks/mnist_mlp.py --data idx DIR --from RESULTS --out RESULTS
+
+`--from` writes a finished comparison's tables again from its files
+(mnist_mlp.json and mnist_mlp_epochs.csv), timing the epochs anew on the
+`--data` it trained on, without training.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/mnist_mlp.py`
 
 from benchmarks import cli  # noqa: E402
 from benchmarks import reports  # noqa: E402
+from benchmarks import stats  # noqa: E402
 from benchmarks import training  # noqa: E402
 
 
@@ -37,14 +43,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--init", nargs="+", choices=training.INITS,
                       default=list(training.INITS), metavar="INIT",
                       help=f"initializers to compare, of {training.INITS}")
-  return cli.parse_checked(parser, argv, unique=("--arch", "--init"),
+  parser.add_argument("--from", dest="source", type=pathlib.Path,
+                      metavar="RESULTS",
+                      help="write the tables again from a finished "
+                      "comparison's files in RESULTS, without training")
+  args = cli.parse_checked(parser, argv, unique=("--arch", "--init"),
                            files=reports.run_files("mnist_mlp"))
+  if args.source is not None and not all(
+      (args.source / name).is_file() for name in reports.run_files(
+          "mnist_mlp")[1:3]):
+    parser.error(f"argument --from: {str(args.source)!r} does not hold a "
+                 "finished comparison (mnist_mlp.json and "
+                 "mnist_mlp_epochs.csv)")
+  return args
 
 
 def main(argv: Sequence[str] | None = None) -> str:
   args = parse_args(argv)
-  runs, settings = cli.run("mnist_mlp.py", argv, args)
-  text = reports.write_comparison(runs, settings, args.out)
+  if args.source is None:
+    runs, settings, target = cli.run("mnist_mlp.py", argv, args)
+  else:
+    runs, settings = reports.load_runs(args.source, "mnist_mlp")
+    target = stats.time_to_target(runs, cli.load_data(args))
+  text = reports.write_comparison(runs, settings, args.out, target)
   print(text)
   return text
 

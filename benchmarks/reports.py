@@ -219,18 +219,48 @@ def write_run_results(out: pathlib.Path, stem: str, text: str,
   plot_curves(runs, png, **plot_options)
 
 
+def target_lines(runs: Sequence[Run], target: dict[str, Any]) -> list[str]:
+  """What the time-to-accuracy columns mean (`stats.time_to_target`'s
+  `target`), with each arch's threshold and epoch time."""
+  factor = target["factor"]
+  censored = ", ".join(
+      f"{r.arch} {r.init} {int((r.extra['epochs_to_2x_best'] > r.epochs).sum())}"
+      for r in runs if (r.extra["epochs_to_2x_best"] > r.epochs).any())
+  return [
+      f"Time to accuracy. Epochs to {factor:g}x the best final test error: "
+      "per seed, the first epoch (0 = the initialized parameters, where "
+      f"measured) whose test error is at most {factor:g} times the arch's "
+      "best final test error (the lowest over the initializers of the mean "
+      "over seeds of the final test error); a seed that never gets there "
+      "counts as epochs + 1 (censored: " + (censored or "none") + "). "
+      "Seconds to it: those epochs times one model's training epoch "
+      "(one seed, compiled, min of 3, timed after the runs on this machine), "
+      "plus the initializer's own time: warm (each seed's init, the first "
+      "seed's replaced by the median of the others) or its first call in "
+      "the process (the first seed's, compilation included). An epoch is "
+      f"{target['steps_per_epoch']} steps; test error is measured once per "
+      "epoch, so a head start shorter than an epoch does not show.", "",
+      *(f"- {arch}: threshold {t:.2f}% (best final {t / factor:.2f}%), one "
+        f"epoch {target['epoch_seconds'][arch]:.2f} s"
+        for arch, t in target["thresholds"].items())]
+
+
 def write_comparison(runs: Sequence[Run], settings: dict[str, Any],
-                     out: pathlib.Path) -> str:
-  """Writes the MNIST comparison's mnist_mlp.md, .json, _epochs.csv and .png;
-  returns the markdown."""
+                     out: pathlib.Path,
+                     target: dict[str, Any] | None = None) -> str:
+  """Writes the MNIST comparison's mnist_mlp.md, .json, _epochs.csv and .png,
+  with the time to accuracy if `target` (`stats.time_to_target`); returns
+  the markdown."""
   final, early = (
       [row for metric in training.present(runs, metrics)
        for row in stats.paired_comparisons(runs, metric)]
-      for metrics in (training.FINAL_METRICS, training.EARLY_METRICS))
+      for metrics in (training.FINAL_METRICS + training.TARGET_METRICS,
+                      training.EARLY_METRICS))
   text = "\n".join([
       "# MNIST MLP comparison (benchmarks/mnist_mlp.py)", "",
       *settings_lines(settings), "",
       "Mean ± 95% CI (t) over seeds.", "", summary_table(runs), "",
+      *(target_lines(runs, target) + [""] if target else []),
       "Early training:", "", summary_table(runs, training.EARLY_METRICS), "",
       "Paired by seed (same data order): first minus second; negative = the "
       "first is lower. `X+random` is the campaign's control: the same "
@@ -239,6 +269,35 @@ def write_comparison(runs: Sequence[Run], settings: dict[str, Any],
       "the first is lower.", "",
       comparison_table(final), "", comparison_table(early), ""])
   write_run_results(out, "mnist_mlp", text, {
-      "settings": settings, "runs": run_records(runs),
-      "comparisons": final + early}, runs)
+      "settings": settings, **({"time_to_target": target} if target else {}),
+      "runs": run_records(runs), "comparisons": final + early}, runs)
   return text
+
+
+def load_runs(out: pathlib.Path, stem: str) -> tuple[list[Run], dict[str, Any]]:
+  """The runs and settings a finished comparison wrote into `out`
+  (`stem.json` and `stem_epochs.csv`): curves, initial metrics and init
+  seconds, so its tables can be written again."""
+  results = json.loads((out / f"{stem}.json").read_text())
+  rows: dict[tuple[str, str], list[dict[str, str]]] = {}
+  with open(out / f"{stem}_epochs.csv", newline="") as f:
+    for row in csv.DictReader(f):
+      rows.setdefault((row["arch"], row["init"]), []).append(row)
+  runs = []
+  for record in results["runs"]:
+    seeds = tuple(record["seeds"])
+    table = rows[(record["arch"], record["init"])]
+    metrics = [m for m in training.EPOCH_METRICS if m in table[0]]
+    epochs = max(int(r["epoch"]) for r in table)
+    curves = {m: np.zeros((len(seeds), epochs)) for m in metrics}
+    initial = {}
+    for r in table:
+      i, epoch = seeds.index(int(r["seed"])), int(r["epoch"])
+      for m in metrics:
+        if epoch == 0:
+          initial.setdefault(m, np.zeros(len(seeds)))[i] = float(r[m])
+        else:
+          curves[m][i, epoch - 1] = float(r[m])
+    runs.append(Run(record["arch"], record["init"], seeds,
+                    np.asarray(record["init_seconds"]), curves, initial))
+  return runs, results["settings"]

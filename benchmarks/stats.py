@@ -7,12 +7,14 @@ on one architecture are compared seed by seed (a paired design).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
+from benchmarks import data as data_lib
+from benchmarks import training
 from benchmarks.training import Run
 
 
@@ -120,3 +122,40 @@ def epochs_to_reach(runs: Sequence[Run], factor: float = 2.0,
       run.extra[name] = np.where(reached.any(1), reached.argmax(1) + first,
                                  run.epochs + 1).astype(np.float64)
   return thresholds
+
+
+def seconds_to_reach(runs: Sequence[Run], epoch_seconds: Mapping[str, float],
+                     epochs: str = "epochs_to_2x_best") -> None:
+  """Per seed, seconds to the target of `epochs` (`epochs_to_reach`), the
+  initializer's own time included; stored in each run's `extra`.
+
+  `seconds_to_2x_best`: the seed's init seconds plus its epochs to the
+  target times the arch's `epoch_seconds` (one model's epoch); the first
+  seed's init, which compiled, is replaced by the median of the others'
+  (warm). `seconds_to_2x_best_first_call`: the same with the first seed's
+  init time, compilation included, for every seed. A censored seed counts
+  `epochs + 1` epochs, as in `epochs_to_reach`.
+  """
+  name = epochs.replace("epochs", "seconds", 1)
+  for run in runs:
+    init = np.asarray(run.init_seconds, np.float64)
+    warm = init.copy()
+    if len(init) > 1:
+      warm[0] = np.median(init[1:])
+    training_time = run.extra[epochs] * epoch_seconds[run.arch]
+    run.extra[name] = warm + training_time
+    run.extra[f"{name}_first_call"] = init[0] + training_time
+
+
+def time_to_target(runs: Sequence[Run], data: data_lib.Dataset,
+                   factor: float = 2.0) -> dict[str, Any]:
+  """Epochs and seconds to `factor` times each arch's best final test error
+  (`epochs_to_reach`, `seconds_to_reach`), with one model's epoch timed here
+  on `data` (`training.epoch_seconds`); returns what the results state."""
+  thresholds = epochs_to_reach(runs, factor)
+  epoch_seconds = {arch: training.epoch_seconds(arch, data)
+                   for arch in thresholds}
+  seconds_to_reach(runs, epoch_seconds)
+  return {"factor": factor, "thresholds": thresholds,
+          "epoch_seconds": epoch_seconds,
+          "steps_per_epoch": len(data.y_train) // training.BATCH_SIZE}

@@ -42,11 +42,15 @@ ARCHS = {  # hidden widths; ReLU after each, a linear output layer
 CNN_ARCHS = {"cnn": ((32, 64), 128)}
 INITS = ("xavier", "he", "lsuv", "xavier+campaign", "he+campaign",
          "xavier+random", "he+random")
+# The first weight layer whitened (`nc_jax.whitening_init` of its input, as
+# airbench's first conv), the rest He ("whitening") or elected by the
+# campaign from He candidates ("whitening+campaign").
+WHITENING_INITS = ("whitening", "whitening+campaign")
 # The campaign's elected kernels, then rescaled layer by layer to unit output
 # variance on the batch as LSUV does (`lsuv_linen(..., variables=...)`): the
 # election's directions with LSUV's scale.
 LSUV_INITS = ("xavier+campaign+lsuv", "he+campaign+lsuv")
-ALL_INITS = INITS + LSUV_INITS
+ALL_INITS = INITS + LSUV_INITS + WHITENING_INITS
 BASE_INITS = {
     "xavier": nn.initializers.glorot_uniform(),
     "he": nn.initializers.he_normal(),
@@ -82,6 +86,9 @@ def _metric_labels() -> dict[str, tuple[str, int]]:
   for name, (label, digits) in curves.items():
     labels[f"epoch0_{name}"] = (f"{label} at init", digits)
   labels["epochs_to_2x_best"] = ("epochs to 2x best final test error", 1)
+  labels["seconds_to_2x_best"] = ("s to 2x best, init warm", 1)
+  labels["seconds_to_2x_best_first_call"] = (
+      "s to 2x best, init's first call", 1)
   labels["init_seconds"] = ("init s, median (first seed, incl. compile)", 2)
   return labels
 
@@ -91,7 +98,12 @@ DIGITS = {name: digits for name, (_, digits) in _metric_labels().items()}
 # Table columns; a metric a run does not have (epoch 10 of a 5-epoch run, or
 # validation error without a validation split) is left out (`present`).
 SUMMARY_METRICS = ("min_test_error", "best_epoch", "final_test_error",
-                   "init_seconds")
+                   "epochs_to_2x_best", "seconds_to_2x_best",
+                   "seconds_to_2x_best_first_call", "init_seconds")
+# Time to accuracy (`stats.time_to_target`): epochs, and seconds with the
+# initializer's own time, warm and on its first call.
+TARGET_METRICS = ("epochs_to_2x_best", "seconds_to_2x_best",
+                  "seconds_to_2x_best_first_call")
 EARLY_METRICS = tuple(f"epoch{e}_{name}"
                       for name in ("train_loss", "test_error")
                       for e in EARLY_EPOCHS)
@@ -248,6 +260,11 @@ def model_for(arch: str, num_classes: int = 10,
   return MLP(ARCHS[arch], num_classes, kernel_init)
 
 
+def first_layer(arch: str) -> str:
+  """The path of an architecture's first weight layer."""
+  return "Conv_0" if arch in CNN_ARCHS else "Dense_0"
+
+
 def initialize(model_init: str | Init, arch: str, key: jax.Array,
                data: data_lib.Dataset) -> Any:
   """Parameters of one model under one initializer, through the public API.
@@ -258,8 +275,11 @@ def initialize(model_init: str | Init, arch: str, key: jax.Array,
   """
   spec = as_init(model_init)
   base, _, method = spec.init.partition("+")
-  model = model_for(arch, data.num_classes,
-                    BASE_INITS.get(base, nn.initializers.lecun_normal()))
+  whitened = base == "whitening"
+  model = model_for(
+      arch, data.num_classes,
+      BASE_INITS.get("he" if whitened else base,
+                     nn.initializers.lecun_normal()))
   if spec.init in BASE_INITS:
     return model.init(key, data.x_train[:1])["params"]
   if spec.init == "lsuv":
@@ -267,10 +287,13 @@ def initialize(model_init: str | Init, arch: str, key: jax.Array,
                              progress=False)["params"]
   rows = slice(spec.score_rows)
   method, _, rescale = method.partition("+")
+  first = {"whiten": [first_layer(arch)]} if whitened else {}
+  if whitened and not method:  # that layer alone; the rest keep He
+    first["layers"] = first["whiten"]
   variables = nc_jax.campaign_linen(
       model, key, data.x_train[rows],
-      data.y_train[rows] if spec.labels else None, elect=method,
-      progress=False, **spec.options)
+      data.y_train[rows] if spec.labels else None, elect=method or "campaign",
+      progress=False, **first, **spec.options)
   if rescale == "lsuv":
     variables = nc_jax.lsuv_linen(model, key, data.x_train[rows],
                                   variables=variables, progress=False)
@@ -307,6 +330,26 @@ def train_epoch(params, opt_state, key, x, y, *, model, optimizer):
     return params, opt_state, losses.mean()
 
   return jax.vmap(one_seed)(params, opt_state, key)
+
+
+def epoch_seconds(arch: str, data: data_lib.Dataset, repeats: int = 3) -> float:
+  """One model's training epoch on `data` (one seed, compiled, as
+  `train_epoch` runs it), the min over `repeats` timed runs, in seconds."""
+  model = model_for(arch, data.num_classes)
+  params = jax.tree.map(lambda p: p[None], model.init(
+      jax.random.key(0), data.x_train[:1])["params"])
+  opt_state = jax.vmap(OPTIMIZER.init)(params)
+  keys = jax.random.split(jax.random.key(0), 1)
+  x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+  run = lambda: jax.block_until_ready(train_epoch(
+      params, opt_state, keys, x, y, model=model, optimizer=OPTIMIZER))
+  run()  # compiles
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    run()
+    times.append(time.perf_counter() - start)
+  return min(times)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))

@@ -41,3 +41,30 @@ def test_control_pairs_skip_initializers_not_run():
   assert stats.control_pairs(["xavier", "he", "he+campaign", "xavier+random"]
                              ) == [("he+campaign", "he"),
                                    ("xavier+random", "xavier")]
+
+
+def test_time_to_target_counts_the_initializer_s_own_time():
+  # Test error per seed and epoch; the first seed's init compiled.
+  he, campaign = (
+      training.Run("mlp2", name, (0, 1, 2), np.array(init),
+                   {"test_error": np.array(errors)})
+      for name, init, errors in [
+          ("he", [2.0, 0.1, 0.3], [[9.0, 4.0], [9.0, 4.0], [3.0, 4.0]]),
+          ("he+campaign", [7.0, 0.5, 0.7], [[3.0, 4.0], [9.0, 9.0],
+                                            [3.0, 4.0]])])
+  thresholds = stats.epochs_to_reach([he, campaign], 2.0)
+  assert thresholds == {"mlp2": 8.0}  # 2 x he's mean final 4.0
+  stats.seconds_to_reach([he, campaign], {"mlp2": 10.0})
+  np.testing.assert_array_equal(he.extra["epochs_to_2x_best"], [2, 2, 1])
+  np.testing.assert_array_equal(campaign.extra["epochs_to_2x_best"], [1, 3, 1])
+  # Warm: each seed's init, the first replaced by the others' median.
+  np.testing.assert_allclose(he.extra["seconds_to_2x_best"],
+                             [20.2, 20.1, 10.3])
+  np.testing.assert_allclose(campaign.extra["seconds_to_2x_best"],
+                             [10.6, 30.5, 10.7])  # the censored seed: 3
+  # The first call: the compiling seed's init for every seed.
+  np.testing.assert_allclose(campaign.extra["seconds_to_2x_best_first_call"],
+                             [17.0, 37.0, 17.0])
+  row = stats.paired_difference(campaign, he, "seconds_to_2x_best")
+  assert row["wins"] == 1 and row["mean_diff"] == pytest.approx(
+      np.mean([10.6 - 20.2, 30.5 - 20.1, 10.7 - 10.3]))

@@ -71,3 +71,32 @@ def test_every_metric_has_a_label_and_decimals():
   assert training.curve_metrics([run]) == list(training.EPOCH_METRICS)
   assert training.present([run], ("epoch10_val_error", "epoch20_val_error")
                           ) == ["epoch10_val_error"]
+
+
+def test_whitening_arms_whiten_the_first_layer(small):
+  key = jax.random.key(3)
+  x = small.x_train
+  params = training.initialize("whitening", "cnn", key, small)
+  images = x.reshape(-1, 8, 8, 1)
+  # 9 directions and 7 random combinations of them (the walk's layer key).
+  layer_key = jax.random.fold_in(jax.random.split(key)[1], 0)
+  np.testing.assert_array_equal(
+      params["Conv_0"]["kernel"],
+      nc_jax.whitening_init(images)(layer_key, (3, 3, 1, 32)))
+  # The rest keep He: the model's own init with the walk's init key.
+  he = training.model_for("cnn", 10, training.BASE_INITS["he"]).init(
+      jax.random.split(key)[0], x[:2])["params"]
+  for path in ("Conv_1", "Dense_0", "Dense_1"):
+    np.testing.assert_array_equal(params[path]["kernel"], he[path]["kernel"])
+  elected = training.initialize("whitening+campaign", "cnn", key, small)
+  np.testing.assert_array_equal(elected["Conv_0"]["kernel"],
+                                params["Conv_0"]["kernel"])
+  assert not np.array_equal(elected["Conv_1"]["kernel"], he["Conv_1"]["kernel"])
+  dense = training.initialize("whitening", "mlp2", key, small)["Dense_0"]
+  np.testing.assert_array_equal(
+      dense["kernel"], nc_jax.whitening_init(x)(layer_key, (64, 100)))
+
+
+def test_epoch_seconds_times_one_compiled_epoch(small):
+  seconds = training.epoch_seconds("mlp2", small, repeats=2)
+  assert 0 < seconds < 5
