@@ -318,8 +318,8 @@ class LayerInput(NamedTuple):
   positions: int  # samples per row: a convolution's output positions
 
 
-def layer_input(checked: CheckedBatch, shape: tuple[int, ...], *,
-                strides: Any, padding: conv.Padding, kernel_dilation: Any,
+def layer_input(checked: CheckedBatch, shape: tuple[int, ...], *, strides: Any,
+                padding: conv.Padding, kernel_dilation: Any,
                 feature_group_count: int) -> LayerInput:
   """The checked batch as a kernel of `shape` meets it: a dense kernel's
   rows (the batch flattened to fan_in), or a convolution's images with its

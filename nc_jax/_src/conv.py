@@ -36,7 +36,9 @@ class ConvSpec:
   padding: str | tuple[tuple[int, int], ...]
   dilation: tuple[int, ...]
 
-  def apply(self, rows: jax.Array, kernel: jax.Array,
+  def apply(self,
+            rows: jax.Array,
+            kernel: jax.Array,
             precision: Any = None) -> jax.Array:
     """`rows (c, *spatial, in)` convolved with `kernel (*window, in, out)`,
     as `flax.linen.Conv` does it: `(c, *out_spatial, out)`; `precision` as

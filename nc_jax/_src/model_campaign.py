@@ -259,12 +259,12 @@ class _CampaignRule(traversal.Rule):
     }
 
 
-def _campaign_rule(num_classes: int | None, *, alpha: AlphaSchedule,
-                   activation: Activations, candidates_per_neuron: int,
-                   base_init: Initializer | None, class_balanced: bool,
-                   chunk_size: int | None, elect: Elect,
-                   whiten: traversal.LayerFilter,
-                   whitening: Mapping[str, Any] | None) -> traversal.RuleFactory:
+def _campaign_rule(
+    num_classes: int | None, *, alpha: AlphaSchedule, activation: Activations,
+    candidates_per_neuron: int, base_init: Initializer | None,
+    class_balanced: bool, chunk_size: int | None, elect: Elect,
+    whiten: traversal.LayerFilter,
+    whitening: Mapping[str, Any] | None) -> traversal.RuleFactory:
   validation.check_positive_int(
       candidates_per_neuron,
       "candidates_per_neuron",

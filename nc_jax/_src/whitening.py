@@ -109,14 +109,13 @@ def _sums(x: jax.Array, patches_of: Any, shift: jax.Array,
     begin = jnp.minimum(start, m - chunk_size)
     p = patches_of(jax.lax.dynamic_slice_in_dim(x, begin, chunk_size))
     fresh = (begin + jnp.arange(chunk_size) >= start).astype(p.dtype)
-    return _add(acc, _patch_sums(p, jnp.repeat(fresh,
-                                               p.shape[0] // chunk_size),
-                                 shift)), None
+    return _add(
+        acc, _patch_sums(p, jnp.repeat(fresh, p.shape[0] // chunk_size),
+                         shift)), None
 
   d = shift.shape[0]
   zero = _Sums(
-      jnp.zeros((), x.dtype), jnp.zeros(d, x.dtype), jnp.zeros((d, d),
-                                                               x.dtype))
+      jnp.zeros((), x.dtype), jnp.zeros(d, x.dtype), jnp.zeros((d, d), x.dtype))
   return jax.lax.scan(step, zero, jnp.arange(0, m, chunk_size))[0]
 
 
@@ -129,8 +128,8 @@ def _covariance(x: jax.Array, first_row: jax.Array, patches_of: Any, *,
   # Every patch shifted by the first row's mean patch: sums of squares of
   # small deviations, not of offsets (one huge feature cancels here).
   shift = first.mean(0) if center else jnp.zeros_like(first[0])
-  sums = functools.partial(_sums, patches_of=patches_of, shift=shift,
-                           chunk_size=chunk_size)
+  sums = functools.partial(
+      _sums, patches_of=patches_of, shift=shift, chunk_size=chunk_size)
   if row_sharding is None:
     total = sums(x)
   else:
@@ -146,7 +145,8 @@ def _covariance(x: jax.Array, first_row: jax.Array, patches_of: Any, *,
         mesh=mesh,
         in_specs=jax.sharding.PartitionSpec(axes),
         out_specs=jax.sharding.PartitionSpec(),
-        check_vma=False)(x)
+        check_vma=False)(
+            x)
   mean = total.first / total.count
   cov = total.second / total.count
   if center:
@@ -198,8 +198,13 @@ def _whitening_kernel(key, x, first_row, *, shape, dtype, spec, options,
     eye = jnp.eye(d, dtype=rows.dtype).reshape(*shape[:-1], d)
     return spec.apply(rows, eye, jax.lax.Precision.HIGHEST).reshape(-1, d)
 
-  cov = _covariance(x, first_row, patches_of, center=options.center,
-                    chunk_size=chunk_size, row_sharding=row_sharding)
+  cov = _covariance(
+      x,
+      first_row,
+      patches_of,
+      center=options.center,
+      chunk_size=chunk_size,
+      row_sharding=row_sharding)
   u = _directions(cov, options, down)
   k = options.directions(shape[-1])
   if k > d:  # random unit combinations of the d directions: variance 1 too
@@ -212,10 +217,15 @@ def _whitening_kernel(key, x, first_row, *, shape, dtype, spec, options,
   return u.reshape(shape).astype(dtype)
 
 
-def whitened_kernel(checked: campaign.CheckedBatch, key: jax.Array,
-                    shape: tuple[int, ...], dtype: jnp.dtype,
-                    options: WhiteningOptions, *, chunk_size: int | None,
-                    strides: Any = 1, padding: conv.Padding = "SAME",
+def whitened_kernel(checked: campaign.CheckedBatch,
+                    key: jax.Array,
+                    shape: tuple[int, ...],
+                    dtype: jnp.dtype,
+                    options: WhiteningOptions,
+                    *,
+                    chunk_size: int | None,
+                    strides: Any = 1,
+                    padding: conv.Padding = "SAME",
                     kernel_dilation: Any = 1,
                     feature_group_count: int = 1) -> jax.Array:
   """`whitening_init`'s kernel of `shape` on a checked batch; NaN when a
@@ -347,8 +357,13 @@ def whitening_init(
            shape: tuple[int, ...],
            dtype: DTypeLike = jnp.float32) -> jax.Array:
     shape = validation.check_kernel_shape(shape)
-    return whitened_kernel(checked, key, shape,
-                           validation.check_float_dtype(dtype), options,
-                           chunk_size=chunk_size, **convolution)
+    return whitened_kernel(
+        checked,
+        key,
+        shape,
+        validation.check_float_dtype(dtype),
+        options,
+        chunk_size=chunk_size,
+        **convolution)
 
   return init
