@@ -64,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     runs, settings, target = cli.run("mnist_mlp.py", argv, args)
   else:
     runs, settings = reports.load_runs(args.source, "mnist_mlp")
+    settings["tables written again by"] = cli.command("mnist_mlp.py", argv)
     target = stats.time_to_target(runs, cli.load_data(args))
   text = reports.write_comparison(runs, settings, args.out, target)
   print(text)

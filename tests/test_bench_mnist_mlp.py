@@ -45,6 +45,7 @@ def test_main_smoke_writes_table_csv_and_plot(tmp_path, capsys):
                          if block.startswith("| arch | init | min test"))
   keep = lambda t: [line.split(" | ")[:5] for line in table(t).splitlines()]
   assert keep(again) == keep(text)
+  assert "tables written again by: python benchmarks/mnist_mlp.py" in again
 
 
 def test_bad_arguments():
