@@ -93,6 +93,7 @@ def write_results(runs: Sequence[Run], settings: dict[str, Any],
       "over the whole training set, while after epoch e it is the mean over "
       "that epoch's minibatches.", "",
       reports.summary_table(runs, EARLY_METRICS), "",
+      *reports.head_start_lines(runs, pairs),
       f"Paired by seed (same data order): first minus second; negative = the "
       f"first is lower. Each initializer against {BASELINE}, then against "
       f"the campaign's control {CONTROL} (the same candidates, same key, "

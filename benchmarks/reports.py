@@ -199,10 +199,60 @@ def plot_curves(runs: Sequence[Run], path: pathlib.Path, *,
   plt.close(fig)
 
 
-def run_files(stem: str) -> tuple[str, str, str, str]:
+def run_files(stem: str) -> tuple[str, str, str, str, str]:
   """The files `write_run_results` writes: `stem.md`, `stem.json`,
-  `stem_epochs.csv`, `stem.png`."""
-  return f"{stem}.md", f"{stem}.json", f"{stem}_epochs.csv", f"{stem}.png"
+  `stem_epochs.csv`, `stem.png`, `stem_steps.csv`."""
+  return (f"{stem}.md", f"{stem}.json", f"{stem}_epochs.csv", f"{stem}.png",
+          f"{stem}_steps.csv")
+
+
+def write_steps_csv(runs: Sequence[Run], path: pathlib.Path) -> None:
+  """One line per (arch, init, seed, window) of the first epoch's minibatch
+  loss (`Run.step_loss`): `step` is the window's last step."""
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["arch", "init", "seed", "step", "train_loss"])
+    for run in runs:
+      if run.step_loss is None:
+        continue
+      for i, seed in enumerate(run.seeds):
+        for w in range(run.step_loss.shape[1]):
+          writer.writerow([run.arch, run.init, seed,
+                           (w + 1) * training.STEP_WINDOW,
+                           f"{run.step_loss[i, w]:.6g}"])
+
+
+def head_start_table(rows: Sequence[dict[str, Any]]) -> str:
+  """Markdown for `stats.head_start`'s rows."""
+  def lasting(row: dict[str, Any]) -> str:
+    if row["steps"] == 0:
+      return "0"
+    if row["steps"] >= row["windows"] * row["window"]:
+      return "the whole first epoch"
+    return str(row["steps"])
+  window = rows[0]["window"] if rows else training.STEP_WINDOW
+  return markdown_table(
+      ["arch", "comparison", "lower from step 0 through step",
+       f"loss diff, steps 1-{window}",
+       f"steps {4 * window + 1}-{5 * window}", "last window of epoch 1"],
+      ([r["arch"], r["comparison"], lasting(r), f"{r['diff_first']:+.3f}",
+        f"{r['diff_fifth']:+.3f}", f"{r['diff_last']:+.3f}"] for r in rows))
+
+
+def head_start_lines(runs: Sequence[Run],
+                     pairs: Sequence[tuple[str, str]] | None = None
+                     ) -> list[str]:
+  """The head start in steps (`stats.head_start`), as text and a table;
+  nothing for runs without `step_loss`."""
+  rows = stats.head_start(runs, pairs)
+  if not rows:
+    return []
+  return [
+      "Head start in steps: the first epoch's minibatch training loss, mean "
+      f"per window of {training.STEP_WINDOW} steps, paired by seed (first "
+      "minus second). A head start lasts through the last step of the "
+      "leading windows in which the first is lower with paired t-test "
+      "p < 0.05.", "", head_start_table(rows), ""]
 
 
 def write_run_results(out: pathlib.Path, stem: str, text: str,
@@ -212,10 +262,11 @@ def write_run_results(out: pathlib.Path, stem: str, text: str,
   `stem_epochs.csv` (the curves) and `stem.png` (`plot_curves` with
   `plot_options`) into `out`, created if missing."""
   out.mkdir(parents=True, exist_ok=True)
-  md, js, curves, png = (out / name for name in run_files(stem))
+  md, js, curves, png, steps = (out / name for name in run_files(stem))
   md.write_text(text)
   js.write_text(json.dumps(results, indent=1, default=str))
   write_curves_csv(runs, curves)
+  write_steps_csv(runs, steps)
   plot_curves(runs, png, **plot_options)
 
 
@@ -262,6 +313,7 @@ def write_comparison(runs: Sequence[Run], settings: dict[str, Any],
       "Mean ± 95% CI (t) over seeds.", "", summary_table(runs), "",
       *(target_lines(runs, target) + [""] if target else []),
       "Early training:", "", summary_table(runs, training.EARLY_METRICS), "",
+      *head_start_lines(runs),
       "Paired by seed (same data order): first minus second; negative = the "
       "first is lower. `X+random` is the campaign's control: the same "
       "candidates (same key), picked uniformly at random. Each cell: mean "
@@ -300,4 +352,15 @@ def load_runs(out: pathlib.Path, stem: str) -> tuple[list[Run], dict[str, Any]]:
           curves[m][i, epoch - 1] = float(r[m])
     runs.append(Run(record["arch"], record["init"], seeds,
                     np.asarray(record["init_seconds"]), curves, initial))
+  steps = out / f"{stem}_steps.csv"
+  if steps.is_file():
+    windows: dict[tuple[str, str], dict[int, list[float]]] = {}
+    with open(steps, newline="") as f:
+      for row in csv.DictReader(f):
+        windows.setdefault((row["arch"], row["init"]), {}).setdefault(
+            int(row["seed"]), []).append(float(row["train_loss"]))
+    for run in runs:
+      if (run.arch, run.init) in windows:
+        run.step_loss = np.array(
+            [windows[(run.arch, run.init)][s] for s in run.seeds])
   return runs, results["settings"]

@@ -159,3 +159,39 @@ def time_to_target(runs: Sequence[Run], data: data_lib.Dataset,
   return {"factor": factor, "thresholds": thresholds,
           "epoch_seconds": epoch_seconds,
           "steps_per_epoch": len(data.y_train) // training.BATCH_SIZE}
+
+
+def head_start(runs: Sequence[Run],
+               pairs: Sequence[tuple[str, str]] | None = None,
+               window: int = training.STEP_WINDOW) -> list[dict[str, Any]]:
+  """How long one initializer's first-epoch training loss stays below
+  another's, in steps, from the runs' `step_loss` windows.
+
+  Per (arch, pair) (default `control_pairs`), the paired difference of the
+  window means, seed by seed: `steps` is where the leading stretch of
+  windows whose difference is negative with paired t-test p < 0.05 ends
+  (0: not even the first window), `windows` how many windows the first
+  epoch has, and the mean difference in the first, the fifth and the last
+  window. Runs without `step_loss` are skipped.
+  """
+  by_key = {(r.arch, r.init): r for r in runs if r.step_loss is not None}
+  if pairs is None:
+    pairs = control_pairs(list(dict.fromkeys(r.init for r in runs)))
+  rows = []
+  for arch in dict.fromkeys(arch for arch, _ in by_key):
+    for ours, theirs in pairs:
+      if (arch, ours) not in by_key or (arch, theirs) not in by_key:
+        continue
+      a, b = by_key[(arch, ours)].step_loss, by_key[(arch, theirs)].step_loss
+      diff = a - b
+      p = (stats.ttest_rel(a, b, axis=0).pvalue if len(diff) > 1 else
+           np.full(diff.shape[1], np.nan))
+      lower = (diff.mean(0) < 0) & (p < 0.05)
+      lasting = int(np.argmin(lower)) if not lower.all() else len(lower)
+      rows.append({
+          "arch": arch, "comparison": f"{ours} - {theirs}",
+          "steps": lasting * window, "windows": diff.shape[1],
+          "window": window, "diff_first": float(diff[:, 0].mean()),
+          "diff_fifth": float(diff[:, min(4, diff.shape[1] - 1)].mean()),
+          "diff_last": float(diff[:, -1].mean())})
+  return rows

@@ -66,6 +66,9 @@ OPTIMIZER_DESCRIPTION = (f"SGD lr {LEARNING_RATE}, batch {BATCH_SIZE}, "
 # without a validation split have no "val_error" curve.
 EPOCH_METRICS = ("train_loss", "test_error", "val_error")
 EARLY_EPOCHS = (1, 3, 10)  # the early-training effect is read at these epochs
+# The first epoch's minibatch losses, averaged over windows of this many
+# steps (`Run.step_loss`): how long a head start lasts, in steps.
+STEP_WINDOW = 20
 
 
 def _metric_labels() -> dict[str, tuple[str, int]]:
@@ -310,7 +313,8 @@ def train_epoch(params, opt_state, key, x, y, *, model, optimizer):
   """One epoch for a stack of seeds: a `lax.scan` over shuffled batches.
 
   Args: params, opt_state and key carry a leading seed axis; x, y are shared.
-  Returns the new params and optimizer state and each seed's mean loss.
+  Returns the new params and optimizer state and each seed's loss at each
+  step, `(seeds, steps)`.
   """
   steps = x.shape[0] // BATCH_SIZE
 
@@ -327,7 +331,7 @@ def train_epoch(params, opt_state, key, x, y, *, model, optimizer):
 
     (params, opt_state), losses = jax.lax.scan(step, (params, opt_state),
                                                batches)
-    return params, opt_state, losses.mean()
+    return params, opt_state, losses
 
   return jax.vmap(one_seed)(params, opt_state, key)
 
@@ -392,7 +396,8 @@ class Run:
 
   `initial` holds the epoch metrics of the initialized parameters, before
   any step (empty unless trained with `at_init=True`): the training loss
-  over the whole training set and the held-out errors. `extra` holds summary
+  over the whole training set and the held-out errors. `step_loss` holds
+  the first epoch's minibatch losses in windows of `STEP_WINDOW` steps. `extra` holds summary
   metrics computed across runs (e.g. `epochs_to_2x_best`).
   """
   arch: str
@@ -404,6 +409,9 @@ class Run:
       default_factory=dict)                    # metric -> (seeds,)
   extra: dict[str, np.ndarray] = dataclasses.field(
       default_factory=dict)                    # summary metric -> (seeds,)
+  # The first epoch's minibatch loss, mean per `STEP_WINDOW` steps (the
+  # last window may be shorter); None where not recorded.
+  step_loss: np.ndarray | None = None          # (seeds, windows)
 
   @property
   def epochs(self) -> int:
@@ -494,17 +502,34 @@ def train_and_evaluate(arch: str, model_init: str | Init,
         params, x, y, model=model, chunk=EVAL_CHUNK)[0])
     for name, (x_eval, y_eval) in held_out.items():
       initial[name] = np.asarray(held_out_error(x_eval, y_eval))
+  step_loss = None
   for epoch in range(epochs):
     keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(order_keys, epoch)
-    params, opt_state, loss = train_epoch(params, opt_state, keys, x, y,
-                                          model=model, optimizer=OPTIMIZER)
-    curves["train_loss"].append(np.asarray(loss))
+    params, opt_state, losses = train_epoch(params, opt_state, keys, x, y,
+                                            model=model, optimizer=OPTIMIZER)
+    losses = np.asarray(losses)
+    if epoch == 0:
+      step_loss = window_means(losses, STEP_WINDOW)
+    curves["train_loss"].append(losses.mean(1))
     for name, (x_eval, y_eval) in held_out.items():
       curves[name].append(np.asarray(held_out_error(x_eval, y_eval)))
     on_epoch(epoch + 1)
   return Run(arch, spec.name, tuple(seeds), np.asarray(init_seconds),
              {name: np.stack(v, axis=1) for name, v in curves.items()},
-             initial)
+             initial, step_loss=step_loss)
+
+
+def window_means(values: np.ndarray, window: int) -> np.ndarray:
+  """The means of `values (rows, n)` over consecutive windows of `window`
+  columns, the last one shorter if `n` is not a multiple.
+
+  Examples:
+    >>> window_means(np.arange(5.0)[None], 2)
+    array([[0.5, 2.5, 4. ]])
+  """
+  starts = np.arange(0, values.shape[1], window)
+  return np.add.reduceat(values, starts, axis=1) / np.diff(
+      np.append(starts, values.shape[1]))
 
 
 def run_comparison(archs: Sequence[str], inits: Sequence[str | Init],

@@ -39,6 +39,8 @@ def test_main_smoke_writes_table_csv_and_plot(tmp_path, capsys):
     np.testing.assert_allclose(run.summary()["min_test_error"],
                                record["min_test_error"], rtol=1e-5)
     np.testing.assert_array_equal(run.init_seconds, record["init_seconds"])
+    assert run.step_loss.shape == (1, 1)  # 10 steps: one window of 20
+  assert "Head start in steps" in text
   again = mnist_mlp.main(["--data", "digits", "--from", str(tmp_path),
                           "--out", str(tmp_path / "again")])
   table = lambda t: next(block for block in t.split("\n\n")

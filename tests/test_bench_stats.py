@@ -68,3 +68,26 @@ def test_time_to_target_counts_the_initializer_s_own_time():
   row = stats.paired_difference(campaign, he, "seconds_to_2x_best")
   assert row["wins"] == 1 and row["mean_diff"] == pytest.approx(
       np.mean([10.6 - 20.2, 30.5 - 20.1, 10.7 - 10.3]))
+
+
+def test_head_start_counts_the_leading_significant_windows():
+  rng = np.random.default_rng(0)
+  noise = rng.normal(scale=0.01, size=(5, 6))
+  base = np.full((5, 6), 2.0) + noise
+  ahead = base - np.array([0.5, 0.4, 0.3, 0.0, 0.2, 0.0]) + rng.normal(
+      scale=0.01, size=(5, 6))
+  runs = [training.Run("mlp2", name, tuple(range(5)), np.ones(5),
+                       {"test_error": np.ones((5, 1))}, step_loss=loss)
+          for name, loss in [("he", base), ("he+campaign", ahead),
+                             ("he+random", base + 0.0)]]
+  rows = stats.head_start(runs, [("he+campaign", "he"), ("he+random", "he")])
+  first, control = rows
+  assert first["comparison"] == "he+campaign - he"
+  # Three leading windows lower; the fourth is not, so the fifth's does not
+  # extend the head start.
+  assert first["steps"] == 3 * training.STEP_WINDOW and first["windows"] == 6
+  assert first["diff_first"] == pytest.approx(-0.5, abs=0.02)
+  assert control["steps"] == 0  # identical losses: never lower
+  assert stats.head_start(runs[:1] + [training.Run(
+      "mlp2", "he+campaign", tuple(range(5)), np.ones(5),
+      {"test_error": np.ones((5, 1))})], [("he+campaign", "he")]) == []
