@@ -89,9 +89,9 @@ def _metric_labels() -> dict[str, tuple[str, int]]:
   for name, (label, digits) in curves.items():
     labels[f"epoch0_{name}"] = (f"{label} at init", digits)
   labels["epochs_to_2x_best"] = ("epochs to 2x best final test error", 1)
-  labels["seconds_to_2x_best"] = ("s to 2x best, init warm", 1)
+  labels["seconds_to_2x_best"] = ("s to 2x best, init warm", 2)
   labels["seconds_to_2x_best_first_call"] = (
-      "s to 2x best, init's first call", 1)
+      "s to 2x best, init's first call", 2)
   labels["init_seconds"] = ("init s, median (first seed, incl. compile)", 2)
   return labels
 
