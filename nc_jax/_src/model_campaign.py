@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 import math
 import numbers
@@ -124,20 +124,9 @@ def _whitened(whiten: traversal.LayerFilter,
   """Which layers taking part `whiten` names, one flag per layer."""
   if whiten is None:
     return (False,) * len(plan.layers)
-  if callable(whiten):
-    return tuple(bool(whiten(p)) for p in plan.paths)
-  if isinstance(whiten, str):
-    whiten = (whiten,)
-  if not isinstance(whiten, Collection):
-    raise TypeError(
-        "`whiten` must be None, a collection of layer paths or a predicate "
-        f"on the path, got {type(whiten).__name__}.")
-  unknown = sorted(set(whiten) - set(plan.paths))
-  if unknown:
-    raise ValueError(
-        f"`whiten` names {unknown}, which do not take part in the walk; the "
-        f"layers taking part are {list(plan.paths)} (see `layers=`).")
-  return tuple(p in whiten for p in plan.paths)
+  chosen = traversal.select_paths(plan.paths, whiten, "whiten",
+                                  "the layers taking part (see `layers=`)")
+  return tuple(p in chosen for p in plan.paths)
 
 
 def _whitening_options(

@@ -196,34 +196,31 @@ class _Found:
   kernel_init: Initializer | None
 
 
-def _select(unique: tuple[str, ...], layers: LayerFilter) -> tuple[str, ...]:
-  """The paths taking part, by the user's filter."""
-  if not unique:
-    raise ValueError(
-        "the model calls no weight layer the walk handles (Dense, "
-        "DenseGeneral, Conv; nnx Linear, LinearGeneral, Conv) on `x`, so "
-        "there is nothing to do.")
-  if layers is None:
-    chosen = unique
-  elif callable(layers):
-    chosen = tuple(p for p in unique if layers(p))
-  elif isinstance(layers, str | Collection):
-    if isinstance(layers, str):
-      layers = (layers,)
-    unknown = sorted(set(layers) - set(unique))
+def select_paths(paths: tuple[str, ...],
+                 chooser: LayerFilter,
+                 name: str = "layers",
+                 among: str = "the model's weight layers") -> tuple[str, ...]:
+  """The paths `chooser` picks (None: all), in order; `name` and `among`
+  word the errors (the argument, and what `paths` are)."""
+  if chooser is None:
+    return paths
+  if callable(chooser):
+    chosen = tuple(p for p in paths if chooser(p))
+  elif isinstance(chooser, str | Collection):
+    if isinstance(chooser, str):
+      chooser = (chooser,)
+    unknown = sorted(set(chooser) - set(paths))
     if unknown:
-      raise ValueError(
-          f"`layers` names {unknown}, which the model does not call; its "
-          f"weight layers are {list(unique)}.")
-    chosen = tuple(p for p in unique if p in layers)
+      raise ValueError(f"`{name}` names {unknown}, which are not among {among} "
+                       f"{list(paths)}.")
+    chosen = tuple(p for p in paths if p in chooser)
   else:
     raise TypeError(
-        "`layers` must be None, a collection of layer paths or a predicate "
-        f"on the path, got {type(layers).__name__}; its weight layers are "
-        f"{list(unique)}.")
+        f"`{name}` must be None, a collection of layer paths or a predicate "
+        f"on the path, got {type(chooser).__name__}; {among} are "
+        f"{list(paths)}.")
   if not chosen:
-    raise ValueError(
-        f"`layers` selects none of the model's weight layers {list(unique)}.")
+    raise ValueError(f"`{name}` selects none of {among} {list(paths)}.")
   return chosen
 
 
@@ -233,11 +230,15 @@ def make_plan(found: Sequence[_Found], layers: LayerFilter,
   """Orders the weight layers found, applies the filter, refuses what the
   walk or the rule cannot do (naming the layers), and warns on sharing and
   on the layers the walk leaves as they are."""
-  chosen = _select(
-      tuple(
-          dict.fromkeys(
-              [f.path for f in found if not isinstance(f.geometry, str)] +
-              list(lifted))), layers)
+  unique = tuple(
+      dict.fromkeys([f.path for f in found if not isinstance(f.geometry, str)] +
+                    list(lifted)))
+  if not unique:
+    raise ValueError(
+        "the model calls no weight layer the walk handles (Dense, "
+        "DenseGeneral, Conv; nnx Linear, LinearGeneral, Conv) on `x`, so "
+        "there is nothing to do.")
+  chosen = select_paths(unique, layers)
   inside = [p for p in chosen if p in lifted]
   if inside:
     raise ValueError(
