@@ -124,10 +124,11 @@ def _covariance(x: jax.Array, first_row: jax.Array, patches_of: Any, *,
                 row_sharding: placement.RowSharding | None) -> jax.Array:
   """The patches' covariance (second moment if not `center`), summed over
   chunks and, for a batch sharded along its rows, over devices (one psum)."""
-  first = patches_of(first_row)
+  first_patches = patches_of(first_row)
   # Every patch shifted by the first row's mean patch: sums of squares of
   # small deviations, not of offsets (one huge feature cancels here).
-  shift = first.mean(0) if center else jnp.zeros_like(first[0])
+  shift = (
+      first_patches.mean(0) if center else jnp.zeros_like(first_patches[0]))
   sums = functools.partial(
       _sums, patches_of=patches_of, shift=shift, chunk_size=chunk_size)
   if row_sharding is None:
