@@ -5,8 +5,9 @@ whitening of its input patches: each filter an eigenvector of the patches'
 covariance scaled by `1 / sqrt(eigenvalue + eps)`, once with each sign.
 `whitening_init` builds that kernel for a convolution or a dense layer from
 a batch, as the layer sees it (its window, strides, padding and dilation).
-The covariance is summed over row chunks and over the devices that hold the
-rows, then decomposed once (docs/algorithm.md#patch-whitening).
+The covariance (`patches.patch_moments`) is summed over row chunks and over
+the devices that hold the rows, then decomposed once
+(docs/algorithm.md#patch-whitening).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import dataclasses
 import functools
 import math
 import numbers
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,7 @@ from jax.typing import DTypeLike
 
 from nc_jax._src import campaign
 from nc_jax._src import conv
+from nc_jax._src import patches
 from nc_jax._src import placement
 from nc_jax._src import validation
 from nc_jax._src.types import Initializer
@@ -77,84 +79,6 @@ class WhiteningOptions:
           f"at least {2 * d if self.pairs else d} features.")
 
 
-class _Sums(NamedTuple):
-  """Sums over patches `p` (shifted by `c`): count, sum of `p - c`, and
-  sum of `(p - c)(p - c)^T`."""
-  count: jax.Array
-  first: jax.Array
-  second: jax.Array
-
-
-def _patch_sums(p: jax.Array, weight: jax.Array, shift: jax.Array) -> _Sums:
-  dev = p - shift[None, :]
-  kept = dev * weight[:, None]
-  return _Sums(weight.sum(), kept.sum(0), placement.exact_matmul(kept.T, dev))
-
-
-def _add(a: _Sums, b: _Sums) -> _Sums:
-  return _Sums(*(u + v for u, v in zip(a, b)))
-
-
-def _sums(x: jax.Array, patches_of: Any, shift: jax.Array,
-          chunk_size: int | None) -> _Sums:
-  """`_Sums` of every patch of `x`'s rows, a `lax.scan` over row chunks if
-  asked (the last chunk moved back to end at row m, its rows already counted
-  weighted 0, as the campaign's scoring does)."""
-  m = x.shape[0]
-  if chunk_size is None or chunk_size >= m:
-    p = patches_of(x)
-    return _patch_sums(p, jnp.ones(p.shape[0], p.dtype), shift)
-
-  def step(acc: _Sums, start: jax.Array) -> tuple[_Sums, None]:
-    begin = jnp.minimum(start, m - chunk_size)
-    p = patches_of(jax.lax.dynamic_slice_in_dim(x, begin, chunk_size))
-    fresh = (begin + jnp.arange(chunk_size) >= start).astype(p.dtype)
-    return _add(
-        acc, _patch_sums(p, jnp.repeat(fresh, p.shape[0] // chunk_size),
-                         shift)), None
-
-  d = shift.shape[0]
-  zero = _Sums(
-      jnp.zeros((), x.dtype), jnp.zeros(d, x.dtype), jnp.zeros((d, d), x.dtype))
-  return jax.lax.scan(step, zero, jnp.arange(0, m, chunk_size))[0]
-
-
-def _covariance(x: jax.Array, first_row: jax.Array, patches_of: Any, *,
-                center: bool, chunk_size: int | None,
-                row_sharding: placement.RowSharding | None) -> jax.Array:
-  """The patches' covariance (second moment if not `center`), summed over
-  chunks and, for a batch sharded along its rows, over devices (one psum)."""
-  first_patches = patches_of(first_row)
-  # Every patch shifted by the first row's mean patch: sums of squares of
-  # small deviations, not of offsets (one huge feature cancels here).
-  shift = (
-      first_patches.mean(0) if center else jnp.zeros_like(first_patches[0]))
-  sums = functools.partial(
-      _sums, patches_of=patches_of, shift=shift, chunk_size=chunk_size)
-  if row_sharding is None:
-    total = sums(x)
-  else:
-    mesh, axes = row_sharding
-
-    def local(x):
-      return jax.tree.map(lambda s: jax.lax.psum(s, axes), sums(x))
-
-    # check_vma=False: the chunk scan starts from zeros that are not marked
-    # as varying per device; the psum makes the result replicated.
-    total = jax.shard_map(
-        local,
-        mesh=mesh,
-        in_specs=jax.sharding.PartitionSpec(axes),
-        out_specs=jax.sharding.PartitionSpec(),
-        check_vma=False)(
-            x)
-  mean = total.first / total.count
-  cov = total.second / total.count
-  if center:
-    cov = cov - jnp.outer(mean, mean)
-  return (cov + cov.T) / 2
-
-
 def _directions(cov: jax.Array, options: WhiteningOptions,
                 down: jax.Array) -> jax.Array:
   """The d whitening directions as columns: eigenvectors by falling
@@ -185,28 +109,15 @@ def _whitening_kernel(key, x, first_row, *, shape, dtype, spec, options,
                       chunk_size, row_sharding):
   """The kernel of `whitening_init`, on the layer's input `x`."""
   d = math.prod(shape[:-1])
-  if first_row is None:
-    first_row = x[:1]
-  # The batch scaled by a power of two to a peak in [0.5, 1): no square
-  # over- or underflows, and the filters scale back exactly.
-  _, exponent = jnp.frexp(jnp.max(jnp.abs(x)))
-  down = jnp.ldexp(jnp.ones((), x.dtype), -exponent)
-
-  def patches_of(rows: jax.Array) -> jax.Array:
-    rows = rows * down
-    if spec is None:
-      return rows.reshape(-1, d)
-    eye = jnp.eye(d, dtype=rows.dtype).reshape(*shape[:-1], d)
-    return spec.apply(rows, eye, jax.lax.Precision.HIGHEST).reshape(-1, d)
-
-  cov = _covariance(
+  moments = patches.patch_moments(
       x,
       first_row,
-      patches_of,
+      shape,
+      spec,
       center=options.center,
       chunk_size=chunk_size,
       row_sharding=row_sharding)
-  u = _directions(cov, options, down)
+  u = _directions(moments.cov, options, moments.down)
   k = options.directions(shape[-1])
   if k > d:  # random unit combinations of the d directions: variance 1 too
     q = jax.random.normal(key, (d, k - d), u.dtype)
