@@ -103,3 +103,39 @@ def test_no_weight_layer(data):
   x, _ = data
   with pytest.raises(ValueError, match="no weight layer"):
     nc_jax.lsuv_linen(models.NoWeights(), jax.random.key(0), x)
+
+
+def test_small_layers_measure_their_output_from_patch_moments(data):
+  # A first conv on one channel (9 inputs per position, 16 outputs) and a
+  # Dense with more outputs than inputs take the patch-moment path; biases
+  # that differ per channel enter its variance (the between-channel part).
+  import flax.linen as nn
+
+  class Net(nn.Module):
+
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(nn.Conv(16, (3, 3), strides=2)(x.reshape(-1, 28, 28, 1)))
+      x = nn.relu(nn.Dense(8)(x.reshape(x.shape[0], -1)))
+      return nn.Dense(32)(x)
+
+  x, _ = data
+  model = Net()
+  variables = model.init(jax.random.key(0), x[:2])
+  params = dict(variables["params"])
+  for path, scale in (("Conv_0", 0.3), ("Dense_1", 0.5)):
+    layer = dict(params[path])
+    layer["bias"] = scale * jax.random.normal(jax.random.key(1),
+                                              layer["bias"].shape)
+    params[path] = layer
+  for tol in (0.1, 0.01):
+    out, report = nc_jax.lsuv_linen(model, jax.random.key(2), x, tol=tol,
+                                    variables={"params": params},
+                                    report=True, progress=False)
+    _, state = model.apply(out, x, capture_intermediates=True,
+                           mutable=["intermediates"])
+    outputs = state["intermediates"]
+    for path in ("Conv_0", "Dense_0", "Dense_1"):
+      var = float(jnp.var(outputs[path]["__call__"][0]))
+      assert abs(var - 1) < tol, (path, var)
+    assert all(row["converged"] for row in report.rows())

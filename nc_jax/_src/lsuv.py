@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 import dataclasses
 import numbers
 from typing import Any
@@ -14,6 +14,9 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 import numpy as np
 
+from nc_jax._src import conv
+from nc_jax._src import patches
+from nc_jax._src import placement
 from nc_jax._src import traversal
 from nc_jax._src import validation
 from nc_jax._src.report import WalkReport
@@ -41,9 +44,16 @@ class _LsuvRule(traversal.Rule):
     else:
       kernel = layer.kernel
 
-    def measured(k):  # the output with kernel k, and its variance
-      z = layer.outputs(k)
-      return z, jnp.var(z.astype(jnp.float32))
+    variance = _small_layer_variance(layer)
+    if variance is None:
+
+      def measured(k):  # the output with kernel k, and its variance
+        z = layer.outputs(k)
+        return z, jnp.var(z.astype(jnp.float32))
+    else:  # no output: the forward pass computes it once, after the loop
+
+      def measured(k):
+        return jnp.zeros((), jnp.float32), variance(k)
 
     def settled(v):  # within tol, or dead: a kernel that cannot be scaled
       return (jnp.abs(v - 1.0) < self.tol) | ~jnp.isfinite(v) | (v == 0.0)
@@ -57,12 +67,57 @@ class _LsuvRule(traversal.Rule):
     kernel, output, v, iterations = jax.lax.while_loop(
         lambda c: (c[3] < self.max_iters) & ~settled(c[2]), rescale,
         (kernel, *measured(kernel), jnp.int32(0)))
-    return kernel, {
+    values = {
         "lsuv_iterations": iterations,
         "converged": jnp.abs(v - 1.0) < self.tol,
-        "variance": v,
-        "output": output
+        "variance": v
     }
+    return kernel, values if variance is not None else {
+        **values, "output": output
+    }
+
+
+def _small_layer_variance(
+    layer: traversal.Layer) -> Callable[[jax.Array], jax.Array] | None:
+  """For a layer with no more inputs than outputs per position (`d <= F`,
+  e.g. a first convolution on 1-3 channels), the variance of its output as a
+  function of the kernel, from the moments of its input patches: over
+  samples and channels, `mean_c(w_c^T C w_c) + var_c(mu . w_c + b_c)`.
+  Summing the d x d moments once costs no more than one output, which the
+  loop would otherwise compute (and write out) at every rescaling. None for
+  a larger layer."""
+  spec = layer.spec
+  d, f = spec.flat_shape
+  if d > f:
+    return None
+  rows, positions = layer.rows()
+  geometry = None
+  if spec.geometry.conv is None:
+    rows = rows.reshape(-1, d)
+  else:
+    geometry = conv.conv_spec(rows.shape, spec.kernel_shape,
+                              **spec.geometry.conv_options)
+  chunk_size = placement.auto_chunk_size(None, rows.shape[0], d,
+                                         placement.platform(rows), positions)
+  moments = patches.patch_moments(
+      rows.astype(jnp.float32),
+      None,
+      spec.kernel_shape,
+      geometry,
+      center=True,
+      chunk_size=chunk_size,
+      row_sharding=layer.row_sharding)
+  bias = (
+      jnp.zeros(f, jnp.float32)
+      if layer.bias is None else layer.bias.reshape(f).astype(jnp.float32))
+
+  def variance(kernel: jax.Array) -> jax.Array:
+    w = kernel.reshape(d, f).astype(jnp.float32) / moments.down
+    within = jnp.sum(w * placement.exact_matmul(moments.cov, w), axis=0)
+    means = placement.exact_matmul(moments.mean, w) + bias
+    return jnp.mean(within) + jnp.var(means)
+
+  return variance
 
 
 _ORTHOGONAL = jax.nn.initializers.orthogonal()
