@@ -115,9 +115,11 @@ def test_small_layers_measure_their_output_from_patch_moments(data):
 
     @nn.compact
     def __call__(self, x):
+      # Tokens: 49 positions of 16 pixels, two feature axes (d 16 <= F 32).
+      t = nn.DenseGeneral((4, 8))(x.reshape(-1, 49, 16))
       x = nn.relu(nn.Conv(16, (3, 3), strides=2)(x.reshape(-1, 28, 28, 1)))
       x = nn.relu(nn.Dense(8)(x.reshape(x.shape[0], -1)))
-      return nn.Dense(32)(x)
+      return nn.Dense(32)(x) + t.mean((1, 2, 3))[:, None]
 
   x, _ = data
   model = Net()
@@ -135,7 +137,7 @@ def test_small_layers_measure_their_output_from_patch_moments(data):
     _, state = model.apply(out, x, capture_intermediates=True,
                            mutable=["intermediates"])
     outputs = state["intermediates"]
-    for path in ("Conv_0", "Dense_0", "Dense_1"):
+    for path in ("DenseGeneral_0", "Conv_0", "Dense_0", "Dense_1"):
       var = float(jnp.var(outputs[path]["__call__"][0]))
       assert abs(var - 1) < tol, (path, var)
     assert all(row["converged"] for row in report.rows())

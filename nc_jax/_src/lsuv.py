@@ -91,18 +91,17 @@ def _small_layer_variance(
   if d > f:
     return None
   rows, positions = layer.rows()
-  geometry = None
-  if spec.geometry.conv is None:
-    rows = rows.reshape(-1, d)
+  if spec.geometry.conv is None:  # every position a row of the flat kernel
+    rows, positions, shape, geometry = rows.reshape(-1, d), 1, (d, f), None
   else:
-    geometry = conv.conv_spec(rows.shape, spec.kernel_shape,
-                              **spec.geometry.conv_options)
+    shape = spec.kernel_shape
+    geometry = conv.conv_spec(rows.shape, shape, **spec.geometry.conv_options)
   chunk_size = placement.auto_chunk_size(None, rows.shape[0], d,
                                          placement.platform(rows), positions)
   moments = patches.patch_moments(
       rows.astype(jnp.float32),
       None,
-      spec.kernel_shape,
+      shape,
       geometry,
       center=True,
       chunk_size=chunk_size,
