@@ -208,7 +208,10 @@ def run_files(stem: str) -> tuple[str, str, str, str, str]:
 
 def write_steps_csv(runs: Sequence[Run], path: pathlib.Path) -> None:
   """One line per (arch, init, seed, window) of the first epoch's minibatch
-  loss (`Run.step_loss`): `step` is the window's last step."""
+  loss (`Run.step_loss`): `step` is the window's last step. No file where no
+  run recorded it."""
+  if all(run.step_loss is None for run in runs):
+    return
   with open(path, "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["arch", "init", "seed", "step", "train_loss"])
