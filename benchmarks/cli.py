@@ -135,7 +135,7 @@ def base_parser(doc: str, *, archs: Sequence[str], epochs: int, seeds: int,
                 out: pathlib.Path = RESULTS) -> argparse.ArgumentParser:
   """The options the MNIST benchmarks share: --arch (one of `arch_choices`,
   default the MLPs of `training.ARCHS`), --epochs, --seeds, --data, --out
-  (default `out`), --quick."""
+  (default `out`), --init-rows, --quick."""
   parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                    formatter_class=_Formatter)
   choices = tuple(arch_choices or training.ARCHS)
@@ -153,6 +153,11 @@ def base_parser(doc: str, *, archs: Sequence[str], epochs: int, seeds: int,
                       "prepared locally, else the bundled subset")
   parser.add_argument("--out", type=pathlib.Path, default=out, metavar="DIR",
                       help="directory for the results")
+  parser.add_argument("--init-rows", type=at_least(2), metavar="N",
+                      help="the data-driven initializers (LSUV, campaign, "
+                      "whitening) see the first N training images (default "
+                      "all; a CNN's walk holds its activations on all of "
+                      "them at once)")
   parser.add_argument("--quick", action="store_true",
                       help="a first look: at most 3 epochs and 2 seeds, the "
                       "first 1,000 training images")
@@ -177,13 +182,15 @@ def parse_checked(parser: argparse.ArgumentParser,
 
 def load_data(args: argparse.Namespace) -> data_lib.Dataset:
   """The data set `--data` names; with `--quick`, its first 1,000 training
-  images."""
+  images; with `--init-rows N`, the initializers see its first N."""
   dataset = data_lib.load(args.data[0], args.data[1] if len(args.data) > 1
                           else None)
   if args.quick:
     dataset = dataclasses.replace(
         dataset, name=dataset.name + ", first 1,000 training images",
         x_train=dataset.x_train[:1000], y_train=dataset.y_train[:1000])
+  if args.init_rows is not None and args.init_rows < len(dataset.y_train):
+    dataset = dataclasses.replace(dataset, init_rows=args.init_rows)
   return dataset
 
 

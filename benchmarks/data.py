@@ -37,16 +37,25 @@ class Dataset:
   y_test: np.ndarray
   x_val: np.ndarray | None = None
   y_val: np.ndarray | None = None
+  init_rows: int | None = None
 
   @property
   def num_classes(self) -> int:
     return int(max(self.y_train.max(), self.y_test.max())) + 1
 
+  @property
+  def x_init(self) -> np.ndarray:
+    """What the data-driven initializers see: the first `init_rows` training
+    images (None: all of them)."""
+    return self.x_train[:self.init_rows]
+
   def describe(self) -> str:
     val = "" if self.y_val is None else f"{len(self.y_val):,} validation / "
+    seen = ("" if self.init_rows is None else
+            f"; the data-driven initializers see the first {self.init_rows:,}")
     return (f"{self.name}: {len(self.y_train):,} train / {val}"
             f"{len(self.y_test):,} test images of {self.x_train.shape[1]} "
-            "pixels")
+            f"pixels{seen}")
 
 
 def with_validation(dataset: Dataset, size: int, seed: int = 0) -> Dataset:

@@ -272,8 +272,9 @@ def initialize(model_init: str | Init, arch: str, key: jax.Array,
                data: data_lib.Dataset) -> Any:
   """Parameters of one model under one initializer, through the public API.
 
-  The data-dependent initializers (LSUV, campaign) see the training set;
-  "X+campaign+lsuv" rescales the campaign's kernels with
+  The data-dependent initializers (LSUV, campaign, whitening) see the
+  training set's first `data.init_rows` images (all by default; fewer with
+  `spec.score_rows`); "X+campaign+lsuv" rescales the campaign's kernels with
   `lsuv_linen(..., variables=...)` on the same images, with the same key.
   """
   spec = as_init(model_init)
@@ -286,9 +287,8 @@ def initialize(model_init: str | Init, arch: str, key: jax.Array,
   if spec.init in BASE_INITS:
     return model.init(key, data.x_train[:1])["params"]
   if spec.init == "lsuv":
-    return nc_jax.lsuv_linen(model, key, data.x_train,
-                             progress=False)["params"]
-  rows = slice(spec.score_rows)
+    return nc_jax.lsuv_linen(model, key, data.x_init, progress=False)["params"]
+  rows = slice(spec.score_rows or data.init_rows)
   method, _, rescale = method.partition("+")
   first = {"whiten": [first_layer(arch)]} if whitened else {}
   if whitened and not method:  # that layer alone; the rest keep He

@@ -58,6 +58,8 @@ MNIST_LIKE = [
     (["--data", "subset", EMPTY], "--data"),
     (["--data", "digits", "--out", FILE], "--out"),
     (["--data", "digits", "--out", UNDER_FILE], "--out"),
+    (["--init-rows", "1"], "--init-rows"),
+    (["--init-rows", "abc"], "--init-rows"),
     (["--quick", "--data", "bogus"], "--data"),
     (["--quick", "--epochs", "0"], "--epochs"),
     (["--quick", "--data", "digits", "--out", UNDER_FILE], "--out"),

@@ -1,5 +1,7 @@
 """The benchmarks' MLPs, initializers and training (benchmarks/training.py)."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -95,6 +97,12 @@ def test_whitening_arms_whiten_the_first_layer(small):
   dense = training.initialize("whitening", "mlp2", key, small)["Dense_0"]
   np.testing.assert_array_equal(
       dense["kernel"], nc_jax.whitening_init(x)(layer_key, (64, 100)))
+  # `init_rows` (`--init-rows`): the initializers see the first rows only.
+  fewer = dataclasses.replace(small, init_rows=100)
+  assert fewer.describe().endswith("initializers see the first 100")
+  dense = training.initialize("whitening", "mlp2", key, fewer)["Dense_0"]
+  np.testing.assert_array_equal(
+      dense["kernel"], nc_jax.whitening_init(x[:100])(layer_key, (64, 100)))
 
 
 def test_epoch_seconds_times_one_compiled_epoch(small):

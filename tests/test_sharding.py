@@ -93,6 +93,41 @@ SCRIPT = textwrap.dedent("""
       np.testing.assert_array_equal(one, jitted(xs, ys))
       got = nc_jax.campaign_linen(model, key, xs, ys, progress=False)
       jax.tree.map(np.testing.assert_array_equal, want, got)
+      # The walk inside the caller's jit: its trace runs on Auto axes.
+      walk = jax.jit(lambda x, y: nc_jax.campaign_linen(
+          model, key, x, y, num_classes=10, progress=False))
+      jax.tree.map(np.testing.assert_array_equal, want, walk(xs, ys))
+
+    # Every walk inside the caller's jit (nnx: nnx.jit) on Explicit axes
+    # equals the eager walk on one device; the random pick, whose result
+    # does not depend on the batch, included.
+    from flax import nnx
+    mesh = jax.make_mesh((4,), ("data",))
+    xs = jax.device_put(jnp.asarray(x), NamedSharding(mesh, P("data")))
+    ys = jax.device_put(jnp.asarray(y), NamedSharding(mesh, P("data")))
+    linen_walks = {
+        "random": lambda x, y: nc_jax.campaign_linen(
+            model, key, x, y, num_classes=10, elect="random", progress=False),
+        "lsuv": lambda x, y: nc_jax.lsuv_linen(model, key, x, progress=False),
+        "report": lambda x, y: nc_jax.campaign_linen(
+            model, key, x, y, num_classes=10, report=True, progress=False)[0],
+    }
+    for name, walk in linen_walks.items():
+      jax.tree.map(np.testing.assert_array_equal, walk(x, y),
+                   jax.jit(walk)(xs, ys))
+    net = lambda: nnx.Sequential(nnx.Linear(784, 64, rngs=nnx.Rngs(0)),
+                                 jax.nn.relu, nnx.Linear(64, 10, rngs=nnx.Rngs(1)))
+    nnx_walks = {
+        "campaign": lambda m, x, y: nc_jax.campaign_nnx(
+            m, x, y, key=key, num_classes=10, progress=False),
+        "lsuv": lambda m, x, y: nc_jax.lsuv_nnx(m, x, key=key, progress=False),
+    }
+    for name, walk in nnx_walks.items():
+      eager, jitted = net(), net()
+      walk(eager, x, y)
+      nnx.jit(walk)(jitted, xs, ys)
+      jax.tree.map(np.testing.assert_array_equal, nnx.state(eager, nnx.Param),
+                   nnx.state(jitted, nnx.Param))
 
     # Whitening: the patch covariance summed where the rows lie (one
     # all-reduce of the sums, nothing gathered), the same kernel as one

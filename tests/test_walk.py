@@ -313,6 +313,25 @@ class _WithDoubled(nn.Module):
     return _Doubled(10)(nn.relu(nn.Dense(32)(x)))
 
 
+def test_every_walk_warning_points_at_the_users_line(data):
+  x, y = data
+  calls = {  # plan-time warnings, eager and traced by the caller's jit
+      "eager": lambda x, y: nc_jax.campaign_linen(
+          models.SharedDense(), 0, x, y, progress=False),
+      "jit": jax.jit(lambda x, y: nc_jax.campaign_linen(
+          models.SharedDense(), 0, x, y, num_classes=10, progress=False)),
+      "lsuv": lambda x, y: nc_jax.lsuv_linen(  # after the compiled walk
+          models.MLP(SIZES[1:]), 0, x, tol=1e-12, max_iters=1,
+          progress=False),
+  }
+  for name, call in calls.items():
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      call(x, y)
+    assert caught, name
+    assert {w.filename for w in caught} == {__file__}, name
+
+
 class _NnxDoubled(nnx.Linear):
   def __call__(self, x):
     return super().__call__(2.0 * x)

@@ -135,10 +135,16 @@ def on_auto_axes(fn: Callable[..., T], x: jax.Array) -> Callable[..., T]:
   if all(t != jax.sharding.AxisType.Explicit for t in mesh.axis_types):
     return fn
 
+  def tied(x, *args, **kwargs):
+    # A result that does not depend on `x` (a random pick) would let the
+    # caller's jit prune `x`, the input that names the mesh's devices, and
+    # leave it with one device and results typed on the mesh.
+    return jax.lax.optimization_barrier((fn(*args, **kwargs), x))[0]
+
   def on_auto(*args, **kwargs):
     with jax.sharding.use_abstract_mesh(mesh):
       return jax.sharding.auto_axes(
-          functools.partial(fn, **kwargs),
-          out_sharding=jax.sharding.PartitionSpec())(*args)
+          functools.partial(tied, **kwargs),
+          out_sharding=jax.sharding.PartitionSpec())(x, *args)
 
   return on_auto

@@ -6,13 +6,13 @@ from collections.abc import Mapping, Sequence
 import dataclasses
 import math
 from typing import Any
-import warnings
 
 import jax
 import numpy as np
 
 from nc_jax._src import placement
 from nc_jax._src import scores as scores_lib
+from nc_jax._src import validation
 
 # Columns of the table: (key, heading), in order; a column shows when any
 # row has it.
@@ -141,9 +141,7 @@ class WalkReport:
       if "dropped_input" in values:
         scores_lib.warn_if_dropped(
             scores_lib.Dropped(values["dropped_input"], values["dropped_label"],
-                               values["overflowed"]),
-            where,
-            stacklevel=6)
+                               values["overflowed"]), where)
       if "converged" in values and not bool(values["converged"]):
         variance = float(values["variance"])
         if not math.isfinite(variance) or variance == 0.0:
@@ -153,8 +151,7 @@ class WalkReport:
           why = (f"ends with output variance {variance:.8g} after "
                  f"{int(values['lsuv_iterations'])} rescalings, not within "
                  "`tol` of 1; raise `max_iters` or `tol`")
-        # check <- _run <- walk_* <- the public function <- the user's call
-        warnings.warn(f"LSUV: {where}{why}.", stacklevel=5)
+        validation.warn(f"LSUV: {where}{why}.")
 
 
 def _dropped(values: Mapping[str, Any]) -> str:

@@ -13,7 +13,6 @@ from collections.abc import Callable
 import dataclasses
 import functools
 from typing import NamedTuple
-import warnings
 
 import jax
 import jax.flatten_util
@@ -435,38 +434,30 @@ def campaign_scores(
   return scores, groups, dropped
 
 
-def warn_if_dropped(dropped: Dropped,
-                    where: str = "",
-                    stacklevel: int = 3) -> None:
-  """Warns about criteria that dropped out (`where`: the layer, for the
-  message; `stacklevel`: the user's call, as `warnings.warn` counts); silent
-  under tracing."""
+def warn_if_dropped(dropped: Dropped, where: str = "") -> None:
+  """Warns, at the user's call, about criteria that dropped out (`where`: the
+  layer, for the message); silent under tracing."""
   if not all(placement.is_concrete(flag) for flag in dropped):
     return
   if bool(dropped.input_info):
-    warnings.warn(
+    validation.warn(
         f"{where}The input-information criterion (MI(X;Z) proxy) dropped "
         "out: every candidate's response is constant on the batch (e.g. all "
         "ReLUs are dead). Scores carry no input information; check the batch "
-        "and the layer's activation.",
-        CriterionDroppedWarning,
-        stacklevel=stacklevel)
+        "and the layer's activation.", CriterionDroppedWarning)
   overflowed = int(dropped.overflowed)
   if overflowed:
-    warnings.warn(
+    validation.warn(
         f"{where}{overflowed} candidate(s) respond to the batch with values "
         "beyond float32's range; they score 0 on both criteria. Scale the "
         "batch (or the layer's inputs) to a moderate range.",
-        CriterionDroppedWarning,
-        stacklevel=stacklevel)
+        CriterionDroppedWarning)
   if bool(dropped.label_info):
-    warnings.warn(
+    validation.warn(
         f"{where}The label-information criterion (MI(Z;Y) proxy) dropped "
         "out: fewer than two classes are present in the batch. The score is "
         "the input-information criterion alone; pass a batch with several "
-        "classes to use labels.",
-        CriterionDroppedWarning,
-        stacklevel=stacklevel)
+        "classes to use labels.", CriterionDroppedWarning)
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes",))

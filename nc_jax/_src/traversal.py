@@ -39,7 +39,6 @@ import itertools
 import math
 import time
 from typing import Any, Hashable
-import warnings
 
 from flax import nnx
 from flax.core import tracers as flax_tracers
@@ -51,6 +50,7 @@ import tqdm.auto as tqdm
 
 from nc_jax._src import placement
 from nc_jax._src import report as report_lib
+from nc_jax._src import validation
 from nc_jax._src.types import Initializer
 
 LayerFilter = Callable[[str], bool] | Collection[str] | None
@@ -252,10 +252,9 @@ def make_plan(found: Sequence[_Found], layers: LayerFilter,
       f.path: f.geometry for f in found if isinstance(f.geometry, str)
   }
   if unsupported:
-    warnings.warn(
+    validation.warn(
         "these layers keep their own init (the walk does not handle them): " +
-        "; ".join(f"{p!r} ({why})" for p, why in unsupported.items()),
-        stacklevel=5)
+        "; ".join(f"{p!r} ({why})" for p, why in unsupported.items()))
   first = {}
   for f in found:
     first.setdefault(f.path, f)
@@ -280,10 +279,9 @@ def make_plan(found: Sequence[_Found], layers: LayerFilter,
         f"e.g. layers=lambda path: path not in {sorted(refused)}.")
   for path in chosen:  # a layer left out keeps its init, however shared
     if calls.count(path) > 1:
-      warnings.warn(
+      validation.warn(
           f"layer {path!r} is called {calls.count(path)} times with shared"
-          " weights; it is set once, on the input of its first call.",
-          stacklevel=5)
+          " weights; it is set once, on the input of its first call.")
   return plan, rule
 
 
@@ -752,32 +750,35 @@ def walk_linen(
     raise TypeError(
         f"`model` must be a flax.linen.Module, got {type(model).__name__}; for "
         "flax.nnx models use the `_nnx` function.")
-  init_key = key  # the plan's passes are abstract: any key of its type
   kwargs_static, kwarg_arrays = _Kwargs.split(model_kwargs)
-  kwargs = kwargs_static.join(kwarg_arrays)
-  if variables is not None:
-    try:
-      expected = jax.eval_shape(lambda k, x: _linen_init(model, k, x, kwargs),
-                                init_key, x)
-    except Exception as error:  # the model's own error, re-raised
+
+  def run(key, x, labels, variables, kwarg_arrays):
+    kwargs = kwargs_static.join(kwarg_arrays)
+    if variables is not None:
+      try:
+        expected = jax.eval_shape(lambda k, x: _linen_init(model, k, x, kwargs),
+                                  key, x)
+      except Exception as error:  # the model's own error, re-raised
+        raise _forward_error(x, error) from error
+      variables = _check_variables(variables, expected)
+    try:  # the plan's passes are abstract: any key of its type
+      found, lifted = _linen_plan(model, key, x, variables, kwargs)
+    except Exception as error:  # the model's own error, re-raised with context
       raise _forward_error(x, error) from error
-    variables = _check_variables(variables, expected)
-  try:
-    found, lifted = _linen_plan(model, init_key, x, variables, kwargs)
-  except Exception as error:  # the model's own error, re-raised with context
-    raise _forward_error(x, error) from error
-  walk = _walk(
-      model,
-      found,
-      lifted,
-      x,
-      layers=layers,
-      make_rule=make_rule,
-      kwargs=kwargs_static,
-      report=report,
-      progress=progress)
-  return _run(walk, _compiled_linen, desc, progress, key, x, labels, variables,
-              kwarg_arrays)
+    walk = _walk(
+        model,
+        found,
+        lifted,
+        x,
+        layers=layers,
+        make_rule=make_rule,
+        kwargs=kwargs_static,
+        report=report,
+        progress=progress)
+    return _run(walk, _compiled_linen, desc, progress, key, x, labels,
+                variables, kwarg_arrays)
+
+  return placement.on_auto_axes(run, x)(key, x, labels, variables, kwarg_arrays)
 
 
 def _walk(model: Any, found: Sequence[_Found], lifted: Mapping[str, str],
@@ -995,22 +996,27 @@ def walk_nnx(model: nnx.Module, key: jax.Array, x: jax.Array,
         "flax.linen models use the `_linen` function.")
   kwargs_static, kwarg_arrays = _Kwargs.split(model_kwargs)
   graphdef, state = nnx.split(model)
-  try:
-    found, lifted = _nnx_plan(graphdef, state, x,
-                              kwargs_static.join(kwarg_arrays))
-  except Exception as error:  # the model's own error, re-raised with context
-    raise _forward_error(x, error) from error
-  walk = _walk(
-      graphdef,
-      found,
-      lifted,
-      x,
-      layers=layers,
-      make_rule=make_rule,
-      kwargs=kwargs_static,
-      report=report,
-      progress=progress)
-  params, made = _run(walk, _compiled_nnx, desc, progress, state, key, x,
-                      labels, kwarg_arrays)
+
+  def run(state, key, x, labels, kwarg_arrays):
+    try:
+      found, lifted = _nnx_plan(graphdef, state, x,
+                                kwargs_static.join(kwarg_arrays))
+    except Exception as error:  # the model's own error, re-raised with context
+      raise _forward_error(x, error) from error
+    walk = _walk(
+        graphdef,
+        found,
+        lifted,
+        x,
+        layers=layers,
+        make_rule=make_rule,
+        kwargs=kwargs_static,
+        report=report,
+        progress=progress)
+    return _run(walk, _compiled_nnx, desc, progress, state, key, x, labels,
+                kwarg_arrays)
+
+  params, made = placement.on_auto_axes(run, x)(state, key, x, labels,
+                                                kwarg_arrays)
   nnx.update(model, params)
   return made

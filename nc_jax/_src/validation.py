@@ -14,7 +14,11 @@ factories turn into a NaN kernel.
 from __future__ import annotations
 
 import numbers
+import os
+import sys
+import warnings
 
+import flax
 import jax
 from jax.experimental import checkify
 from jax.experimental import multihost_utils
@@ -25,6 +29,22 @@ import numpy as np
 from nc_jax._src.placement import auto_axes
 from nc_jax._src.placement import compute_dtype
 from nc_jax._src.placement import is_concrete
+
+# Frames that are not the user's: nc_jax's own, and jax's and flax's between
+# them (a walk traced inside the caller's jit, a flax module's call).
+_INTERNAL = tuple(
+    os.path.dirname(module.__file__) + os.sep
+    for module in (sys.modules["nc_jax"], jax, flax))
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+  """`warnings.warn` pointing at the user's line: the innermost frame outside
+  nc_jax, jax and flax, however deep the call that warns."""
+  frame, level = sys._getframe(1), 1
+  while frame.f_back is not None and frame.f_code.co_filename.startswith(
+      _INTERNAL):
+    frame, level = frame.f_back, level + 1
+  warnings.warn(message, category, stacklevel=level + 1)
 
 
 def as_batch(batch: ArrayLike, name: str = "batch") -> jax.Array:
