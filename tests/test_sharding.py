@@ -129,6 +129,48 @@ SCRIPT = textwrap.dedent("""
       jax.tree.map(np.testing.assert_array_equal, nnx.state(eager, nnx.Param),
                    nnx.state(jitted, nnx.Param))
 
+    # Under `jax.set_mesh` (Explicit axes, the mesh context jax recommends):
+    # every entry point eagerly and inside jit; results come back on the
+    # context's Explicit axes, and a sharded nnx model stays sharded.
+    calls = {
+        "campaign_init": lambda x, y: nc_jax.campaign_init(
+            x, y, num_classes=10)(key, (784, 64)),
+        "neuron_scores": lambda x, y: nc_jax.neuron_scores(
+            x[:, :64], y, num_classes=10),
+        "campaign_select": lambda x, y: nc_jax.campaign_select(
+            x, y, jax.random.normal(key, (784, 96)), 32, num_classes=10),
+        "whitening_init": lambda x, y: nc_jax.whitening_init(
+            x[:, :32])(key, (32, 16)),
+        "campaign_linen": lambda x, y: nc_jax.campaign_linen(
+            model, key, x, y, num_classes=10, progress=False),
+        "lsuv_linen": lambda x, y: nc_jax.lsuv_linen(model, key, x,
+                                                      progress=False),
+    }
+    wants = {name: call(jnp.asarray(x), jnp.asarray(y))
+             for name, call in calls.items()}
+    with jax.set_mesh(mesh):
+      for name, call in calls.items():
+        for how, run in (("eager", call), ("jit", jax.jit(call))):
+          got = run(xs, ys)
+          for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(wants[name])):
+            assert jax.typeof(g).sharding.mesh.axis_types == (
+                jax.sharding.AxisType.Explicit,), (name, how)
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4,
+                                       err_msg=f"{name} {how}")
+      got = nn.Dense(64, kernel_init=nc_jax.campaign_init(xs, ys)).init(
+          key, x[:2])["params"]["kernel"]
+      sharded = nnx.Linear(784, 64, rngs=nnx.Rngs(0), kernel_metadata={
+          "sharding_names": (None, "data")})
+      assert sharded.kernel[...].sharding.spec == P(None, "data")
+      nc_jax.campaign_nnx(sharded, xs, ys, key=key, progress=False)
+      assert sharded.kernel[...].sharding.spec == P(None, "data")
+      plain = nnx.Linear(784, 64, rngs=nnx.Rngs(0))
+    nc_jax.campaign_nnx(plain, x, y, key=key, progress=False)
+    np.testing.assert_array_equal(sharded.kernel[...], plain.kernel[...])
+    np.testing.assert_array_equal(got, nn.Dense(
+        64, kernel_init=nc_jax.campaign_init(x, y)).init(
+            key, x[:2])["params"]["kernel"])
+
     # Whitening: the patch covariance summed where the rows lie (one
     # all-reduce of the sums, nothing gathered), the same kernel as one
     # device's to rounding; and a whole model's whitened layer.

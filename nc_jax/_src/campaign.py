@@ -174,6 +174,7 @@ _campaign_scores = jax.jit(
     scores_lib.campaign_scores, static_argnames=("options",))
 
 
+@placement.eager_on_auto_axes
 def campaign_select(
     batch: ArrayLike,
     labels: ArrayLike | None,
@@ -263,10 +264,13 @@ def campaign_select(
       num_classes=checked.num_classes,
       chunk_size=chunk_size)
   scores, groups, dropped = placement.on_auto_axes(_campaign_scores,
-                                                   x)(x, first_row,
+                                                   x)(x,
+                                                      first_row,
                                                       checked.labels,
-                                                      candidates, alpha, bias,
-                                                      options)
+                                                      candidates,
+                                                      alpha,
+                                                      bias,
+                                                      options=options)
   scores_lib.warn_if_dropped(dropped)
   indices = election.elect_compiled(
       candidates.astype(x.dtype), scores, groups, options.num_groups, k)
@@ -411,6 +415,7 @@ def score_and_elect(checked: CheckedBatch,
   return Elected(kernel, scores, indices, dropped)
 
 
+@placement.eager_on_auto_axes
 def campaign_init(
     batch: ArrayLike,
     labels: ArrayLike | None = None,
@@ -515,6 +520,7 @@ def campaign_init(
   convolution = conv.check_options(strides, padding, kernel_dilation,
                                    feature_group_count)
 
+  @placement.eager_on_auto_axes
   def init(key: jax.Array,
            shape: tuple[int, ...],
            dtype: DTypeLike = jnp.float32) -> jax.Array:

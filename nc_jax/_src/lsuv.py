@@ -134,6 +134,7 @@ def _lsuv_rule(tol: float, max_iters: int,
   return lambda plan: rule
 
 
+@placement.eager_on_auto_axes
 def lsuv_linen(
     model: nn.Module,
     key: jax.Array | int,
@@ -218,6 +219,7 @@ def lsuv_linen(
   return (out, made) if report else out
 
 
+@placement.eager_on_auto_axes
 def lsuv_nnx(
     model: nnx.Module,
     x: ArrayLike,

@@ -285,6 +285,7 @@ def _campaign_rule(
   return make_rule
 
 
+@placement.eager_on_auto_axes
 def campaign_linen(
     model: nn.Module,
     key: jax.Array | int,
@@ -424,6 +425,7 @@ def campaign_linen(
   return (variables, made) if report else variables
 
 
+@placement.eager_on_auto_axes
 def campaign_nnx(
     model: nnx.Module,
     x: ArrayLike,

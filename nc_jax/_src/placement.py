@@ -75,26 +75,82 @@ def auto_chunk_size(chunk_size: int | None,
   return -(-m // -(-m // rows))
 
 
+def with_axis_types(a: T, axis_type: jax.sharding.AxisType) -> T:
+  """`a` on the same devices and layout, its mesh axes all of `axis_type`.
+
+  The buffers stay where they are: nothing is copied or gathered. Anything
+  but a concrete `jax.Array` on a mesh comes back as it is.
+  """
+  if not isinstance(a, jax.Array) or not is_concrete(a):
+    return a
+  sharding = a.sharding
+  if not isinstance(sharding, jax.sharding.NamedSharding) or all(
+      t == axis_type for t in sharding.mesh.axis_types):
+    return a
+  mesh = sharding.mesh
+  retyped = jax.sharding.Mesh(
+      mesh.devices,
+      mesh.axis_names,
+      axis_types=(axis_type,) * len(mesh.axis_names))
+  return jax.device_put(a, jax.sharding.NamedSharding(retyped, sharding.spec))
+
+
 def auto_axes(a: jax.Array | None) -> jax.Array | None:
   """`a` on the same devices and layout, with Auto mesh axes.
 
   `jax.make_mesh` builds Explicit axes, under which slicing and reducing a
   sharded axis must name its output sharding; the campaign places its
   reductions itself (`scores.response_moments`), so it works on Auto axes.
-  The buffers stay where they are: nothing is copied or gathered.
+  Under a mesh context of Explicit axes (a trace under `jax.set_mesh`; the
+  eager calls run on Auto ones, `eager_on_auto_axes`), `a` stays as it is,
+  for `on_auto_axes`.
   """
-  if a is None or not is_concrete(a) or not isinstance(a, jax.Array):
+  if _explicit(jax.sharding.get_abstract_mesh()):  # traced on these axes
     return a
-  sharding = a.sharding
-  if not isinstance(sharding, jax.sharding.NamedSharding) or all(
-      t == jax.sharding.AxisType.Auto for t in sharding.mesh.axis_types):
-    return a
-  mesh = sharding.mesh
-  auto = jax.sharding.Mesh(
-      mesh.devices,
-      mesh.axis_names,
-      axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
-  return jax.device_put(a, jax.sharding.NamedSharding(auto, sharding.spec))
+  return with_axis_types(a, jax.sharding.AxisType.Auto)
+
+
+def _explicit(mesh: Any) -> bool:
+  return jax.sharding.AxisType.Explicit in getattr(mesh, "axis_types", ())
+
+
+def _arrays(fn: Callable[[Any], Any], tree: Any) -> Any:
+  """`fn` on every leaf of `tree` inside tuples, lists and dicts (a model or
+  another pytree is one leaf, left whole)."""
+  return jax.tree.map(
+      fn, tree, is_leaf=lambda a: type(a) not in (tuple, list, dict))
+
+
+def eager_on_auto_axes(fn: Callable[..., T]) -> Callable[..., T]:
+  """`fn`, called eagerly under a mesh context of Explicit axes
+  (`jax.set_mesh`), run on Auto axes.
+
+  The campaign works on Auto axes (`auto_axes`), and jax refuses an
+  operation whose arrays and context mesh differ in axis types: the arrays
+  among the arguments go in on Auto axes, the context is the same mesh with
+  Auto axes, and arrays in the result come back on Explicit ones, as the
+  caller's other arrays are. Inside a trace the context stays, and
+  `on_auto_axes` takes over.
+  """
+
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    mesh = jax.sharding.get_abstract_mesh()
+    # Inside a trace (of the caller's jit, even with arguments closed over)
+    # every new value is a tracer.
+    if not _explicit(mesh) or not is_concrete(jnp.zeros(())):
+      return fn(*args, **kwargs)
+    args, kwargs = _arrays(
+        lambda a: with_axis_types(a, jax.sharding.AxisType.Auto),
+        (args, kwargs))
+    with jax.sharding.use_abstract_mesh(
+        mesh.update_axis_types(
+            {name: jax.sharding.AxisType.Auto for name in mesh.axis_names})):
+      out = fn(*args, **kwargs)
+    return _arrays(lambda a: with_axis_types(a, jax.sharding.AxisType.Explicit),
+                   out)
+
+  return wrapped
 
 
 def placement(
@@ -108,9 +164,9 @@ def placement(
   `row_sharding` is `(mesh, axes)` when `x` is split along its rows only over
   several devices, in which case the first row is put on every device.
   """
-  if not is_concrete(x):  # sliced inside the trace (`on_auto_axes`)
-    return x, labels, None, None
   x, labels = auto_axes(x), auto_axes(labels)
+  if not is_concrete(x) or _explicit(jax.typeof(x).sharding.mesh):
+    return x, labels, None, None  # sliced inside the trace (`on_auto_axes`)
   sharding = x.sharding if isinstance(x, jax.Array) else None
   if (not isinstance(sharding, jax.sharding.NamedSharding) or
       len(sharding.device_set) < 2 or not sharding.spec or
@@ -123,16 +179,15 @@ def placement(
 
 
 def on_auto_axes(fn: Callable[..., T], x: jax.Array) -> Callable[..., T]:
-  """`fn`, run with Auto mesh axes when `x` is traced on Explicit ones.
+  """`fn`, run with Auto mesh axes when `x` is on Explicit ones (traced, or
+  closed over by a trace under `jax.set_mesh`).
 
-  Inside a user's `jit` an Explicit-axes batch cannot be re-placed as
-  `auto_axes` does for concrete arrays; `jax.sharding.auto_axes` lets the
+  Inside a trace an Explicit-axes batch cannot be re-placed as `auto_axes`
+  does for eager calls; `jax.sharding.auto_axes` lets the
   compiler place `fn`'s work instead, and returns replicated results.
   """
-  if is_concrete(x):
-    return fn
   mesh = jax.typeof(x).sharding.mesh
-  if all(t != jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+  if not _explicit(mesh):
     return fn
 
   def tied(x, *args, **kwargs):

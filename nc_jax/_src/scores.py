@@ -466,6 +466,7 @@ def _neuron_scores(z, labels, alpha, num_classes):
   return scores_from_moments(moments, alpha, labels is not None)
 
 
+@placement.eager_on_auto_axes
 def neuron_scores(
     z: ArrayLike,
     labels: ArrayLike | None = None,
@@ -523,8 +524,9 @@ def neuron_scores(
                                                  num_classes)
   valid = validation.traced_checks(z, labels, num_classes)
   scores, dropped = placement.on_auto_axes(_neuron_scores,
-                                           z)(z, labels,
+                                           z)(z,
+                                              labels,
                                               validation.check_alpha(alpha),
-                                              num_classes)
+                                              num_classes=num_classes)
   warn_if_dropped(dropped)
   return scores if valid is None else jnp.where(valid, scores, jnp.nan)

@@ -1016,7 +1016,20 @@ def walk_nnx(model: nnx.Module, key: jax.Array, x: jax.Array,
     return _run(walk, _compiled_nnx, desc, progress, state, key, x, labels,
                 kwarg_arrays)
 
-  params, made = placement.on_auto_axes(run, x)(state, key, x, labels,
-                                                kwarg_arrays)
-  nnx.update(model, params)
+  params, made = placement.on_auto_axes(run,
+                                        x)(jax.tree.map(placement.auto_axes,
+                                                        state), key, x, labels,
+                                           kwarg_arrays)
+  nnx.update(model,
+             jax.tree.map(_placed_like, params, nnx.state(model, nnx.Param)))
   return made
+
+
+def _placed_like(new: jax.Array, old: Any) -> jax.Array:
+  """`new` with the sharding of `old` (its mesh axes' types included) when
+  `old` is a concrete array on a mesh: a walk leaves a sharded model's
+  parameters sharded as they were."""
+  if not placement.is_concrete(old) or not isinstance(
+      getattr(old, "sharding", None), jax.sharding.NamedSharding):
+    return new
+  return jax.device_put(new, old.sharding)

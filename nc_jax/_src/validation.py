@@ -83,6 +83,7 @@ def as_batch(batch: ArrayLike, name: str = "batch") -> jax.Array:
     raise ValueError(
         f"`{name}` of shape {tuple(batch.shape)} has no features; pass at "
         "least one feature per sample.")
+  batch = auto_axes(batch)  # before any computation on it
   check_finite(batch, name)
   x = jnp.asarray(batch)
   return x.astype(compute_dtype(x.dtype))

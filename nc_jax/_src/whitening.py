@@ -169,6 +169,7 @@ def whitened_kernel(checked: campaign.CheckedBatch,
   return kernel
 
 
+@placement.eager_on_auto_axes
 def whitening_init(
     batch: ArrayLike,
     *,
@@ -265,6 +266,7 @@ def whitening_init(
   convolution = conv.check_options(strides, padding, kernel_dilation,
                                    feature_group_count)
 
+  @placement.eager_on_auto_axes
   def init(key: jax.Array,
            shape: tuple[int, ...],
            dtype: DTypeLike = jnp.float32) -> jax.Array:
