@@ -164,6 +164,12 @@ SCRIPT = textwrap.dedent("""
       assert sharded.kernel[...].sharding.spec == P(None, "data")
       nc_jax.campaign_nnx(sharded, xs, ys, key=key, progress=False)
       assert sharded.kernel[...].sharding.spec == P(None, "data")
+      traced = nnx.Linear(784, 64, rngs=nnx.Rngs(0), kernel_metadata={
+          "sharding_names": (None, "data")})
+      nnx.jit(lambda m, x, y: nc_jax.campaign_nnx(
+          m, x, y, key=key, num_classes=10, progress=False))(traced, xs, ys)
+      assert traced.kernel[...].sharding.spec == P(None, "data")
+      np.testing.assert_array_equal(traced.kernel[...], sharded.kernel[...])
       plain = nnx.Linear(784, 64, rngs=nnx.Rngs(0))
     nc_jax.campaign_nnx(plain, x, y, key=key, progress=False)
     np.testing.assert_array_equal(sharded.kernel[...], plain.kernel[...])

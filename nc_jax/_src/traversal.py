@@ -1027,9 +1027,14 @@ def walk_nnx(model: nnx.Module, key: jax.Array, x: jax.Array,
 
 def _placed_like(new: jax.Array, old: Any) -> jax.Array:
   """`new` with the sharding of `old` (its mesh axes' types included) when
-  `old` is a concrete array on a mesh: a walk leaves a sharded model's
-  parameters sharded as they were."""
-  if not placement.is_concrete(old) or not isinstance(
-      getattr(old, "sharding", None), jax.sharding.NamedSharding):
+  `old` lies on a mesh, eagerly or typed on Explicit axes in a trace: a walk
+  leaves a sharded model's parameters sharded as they were."""
+  if placement.is_concrete(old):
+    if isinstance(getattr(old, "sharding", None), jax.sharding.NamedSharding):
+      return jax.device_put(new, old.sharding)
     return new
-  return jax.device_put(new, old.sharding)
+  sharding = jax.typeof(old).sharding
+  if jax.sharding.AxisType.Explicit in sharding.mesh.axis_types and any(
+      sharding.spec):
+    return jax.sharding.reshard(new, sharding)
+  return new
