@@ -105,10 +105,12 @@ def test_no_weight_layer(data):
     nc_jax.lsuv_linen(models.NoWeights(), jax.random.key(0), x)
 
 
-def test_small_layers_measure_their_output_from_patch_moments(data):
+def test_every_layer_kind_reaches_unit_variance_with_per_channel_biases(data):
   # A first conv on one channel (9 inputs per position, 16 outputs) and a
-  # Dense with more outputs than inputs take the patch-moment path; biases
-  # that differ per channel enter its variance (the between-channel part).
+  # Dense with more outputs than inputs take the patch-moment path; a conv
+  # and a Dense with more inputs than outputs the centered one-pass path
+  # (channel means from the mean example). Biases that differ per channel
+  # enter the variance (the between-channel part) on both.
   import flax.linen as nn
 
   class Net(nn.Module):
@@ -118,6 +120,7 @@ def test_small_layers_measure_their_output_from_patch_moments(data):
       # Tokens: 49 positions of 16 pixels, two feature axes (d 16 <= F 32).
       t = nn.DenseGeneral((4, 8))(x.reshape(-1, 49, 16))
       x = nn.relu(nn.Conv(16, (3, 3), strides=2)(x.reshape(-1, 28, 28, 1)))
+      x = nn.relu(nn.Conv(8, (3, 3))(x))  # d 144 > F 8
       x = nn.relu(nn.Dense(8)(x.reshape(x.shape[0], -1)))
       return nn.Dense(32)(x) + t.mean((1, 2, 3))[:, None]
 
@@ -125,7 +128,8 @@ def test_small_layers_measure_their_output_from_patch_moments(data):
   model = Net()
   variables = model.init(jax.random.key(0), x[:2])
   params = dict(variables["params"])
-  for path, scale in (("Conv_0", 0.3), ("Dense_1", 0.5)):
+  for path, scale in (("Conv_0", 0.3), ("Conv_1", 0.4), ("Dense_0", 0.6),
+                      ("Dense_1", 0.5)):
     layer = dict(params[path])
     layer["bias"] = scale * jax.random.normal(jax.random.key(1),
                                               layer["bias"].shape)
@@ -137,7 +141,7 @@ def test_small_layers_measure_their_output_from_patch_moments(data):
     _, state = model.apply(out, x, capture_intermediates=True,
                            mutable=["intermediates"])
     outputs = state["intermediates"]
-    for path in ("DenseGeneral_0", "Conv_0", "Dense_0", "Dense_1"):
+    for path in ("DenseGeneral_0", "Conv_0", "Conv_1", "Dense_0", "Dense_1"):
       var = float(jnp.var(outputs[path]["__call__"][0]))
       assert abs(var - 1) < tol, (path, var)
     assert all(row["converged"] for row in report.rows())

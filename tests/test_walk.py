@@ -166,11 +166,19 @@ def test_lsuv_report_and_a_warning_for_a_layer_short_of_tol(data):
   model = models.MLP(SIZES[1:])
   _, report = nc_jax.lsuv_linen(model, 0, x, report=True, progress=False)
   assert all(r["converged"] for r in report.rows())
-  with pytest.warns(UserWarning, match=r"LSUV: layer 'Dense_\d'.*not within"):
-    _, report = nc_jax.lsuv_linen(model, 0, x, tol=1e-12, max_iters=1,
-                                  report=True, progress=False)
+  # Biases that differ per unit: one rescaling by 1/std cannot land on 1.
+  variables = model.init(jax.random.key(0), x[:2])
+  biased = jax.tree.map_with_path(
+      lambda path, a: a + 3.0 * jnp.arange(a.size).reshape(a.shape)
+      if "bias" in jax.tree_util.keystr(path) else a, variables)
+  with pytest.warns(UserWarning, match=r"not within") as caught:
+    _, report = nc_jax.lsuv_linen(model, 0, x, tol=1e-3, max_iters=1,
+                                  variables=biased, report=True,
+                                  progress=False)
+  assert [str(w.message).split(":")[1] for w in caught] == [
+      " layer 'Dense_0'", " layer 'Dense_1'"]
   assert [r["lsuv_iterations"] for r in report.rows()] == [1, 1]
-  assert not report.rows()[0]["converged"]
+  assert [r["converged"] for r in report.rows()] == [False, False]
 
 
 def test_report_leaves_the_callers_jit_as_a_pytree(data):

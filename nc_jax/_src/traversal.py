@@ -118,8 +118,10 @@ class Layer:
     inputs: its input on the batch, `(m, ...)` (traced).
     kernel: its current kernel, in the parameter dtype.
     bias: its current bias, or None.
-    outputs: `outputs(kernel)` runs the layer's own call on `inputs` with the
-      given kernel and returns its output; traceable inside any transform.
+    outputs: `outputs(kernel, inputs=None)` runs the layer's own call with
+      the given kernel on its captured input (or on `inputs`, of the same
+      shape past the batch axis) and returns its output; traceable inside any
+      transform.
     row_sharding: `(mesh, axes)` when the walk's batch is split along its
       rows over several devices (its layers' inputs are too), else None.
   """
@@ -127,7 +129,7 @@ class Layer:
   inputs: jax.Array
   kernel: jax.Array
   bias: jax.Array | None
-  outputs: Callable[[jax.Array], jax.Array]
+  outputs: Callable[..., jax.Array]
   row_sharding: placement.RowSharding | None = None
 
   def rows(self) -> tuple[jax.Array, int]:
@@ -176,10 +178,7 @@ class Rule:
   def __call__(
       self, layer: Layer, key: jax.Array,
       labels: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The layer's new kernel and what the report shows of it. A rule that
-    computed the layer's output with the new kernel (`layer.outputs`) puts
-    it under "output": the forward pass goes on with it, not computing it
-    again."""
+    """The layer's new kernel and what the report shows of it."""
     raise NotImplementedError
 
 
@@ -530,22 +529,19 @@ def _std(a: jax.Array) -> jax.Array:
   return jnp.std(a.astype(jnp.float32))
 
 
-def _visit(
-    walk: _Walk, spec: LayerSpec, layer_outputs: Callable, inputs: jax.Array,
-    kernel: jax.Array, bias: jax.Array | None, key: jax.Array,
-    labels: jax.Array | None, call_id: jax.Array
-) -> tuple[jax.Array, dict[str, jax.Array], jax.Array | None]:
-  """Runs the rule on one layer; returns its kernel, report values and its
-  output with that kernel if the rule computed it."""
+def _visit(walk: _Walk, spec: LayerSpec, layer_outputs: Callable,
+           inputs: jax.Array, kernel: jax.Array, bias: jax.Array | None,
+           key: jax.Array, labels: jax.Array | None,
+           call_id: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Runs the rule on one layer; returns its kernel and report values."""
   layer = Layer(spec, inputs, kernel, bias, layer_outputs, walk.row_sharding)
   new, values = walk.rule(layer, key, labels)
-  output = values.pop("output", None)
   new = new.astype(kernel.dtype)
   if walk.report:
     values = {"std_before": _std(layer_outputs(kernel)), **values}
   if walk.observe:
     _observe(call_id, spec.index, new)
-  return new, values, output
+  return new, values
 
 
 # linen ------------------------------------------------------------------------
@@ -625,18 +621,23 @@ def _linen_plan(model: nn.Module, init_key: jax.Array, x: jax.Array,
   return found, lifted
 
 
+def _with_input(args: tuple, inputs: jax.Array | None) -> tuple:
+  """A layer call's positional arguments with its input replaced, if given."""
+  return args if inputs is None else (inputs, *args[1:])
+
+
 def _linen_outputs(module: nn.Module, args: tuple,
-                   kwargs: dict) -> Callable[[jax.Array], jax.Array]:
-  """The layer's own flax call on its captured input, with a given kernel,
-  on an unbound copy (usable inside `lax.while_loop`)."""
+                   kwargs: dict) -> Callable[..., jax.Array]:
+  """The layer's own flax call on its captured input (or another), with a
+  given kernel, on an unbound copy (usable inside `lax.while_loop`)."""
   params = dict(module.variables["params"])
   copy = module.clone(parent=None)
 
-  def outputs(kernel):
+  def outputs(kernel, inputs=None):
     return copy.apply({"params": {
         **params, "kernel": kernel
     }},
-                      *args,
+                      *_with_input(args, inputs),
                       method=_flax_call(type(module)),
                       **kwargs)
 
@@ -658,14 +659,12 @@ def _linen_program(walk: _Walk, key, x, labels, variables, kwarg_arrays,
     if path not in specs or path in values:
       return next_fun(*args, **kwargs_)
     params = module.variables["params"]
-    new, values[path], out = _visit(walk, specs[path],
-                                    _linen_outputs(module, args,
-                                                   kwargs_), args[0],
-                                    params["kernel"], params.get("bias"),
-                                    rule_key, labels, call_id)
+    new, values[path] = _visit(walk, specs[path],
+                               _linen_outputs(module, args, kwargs_), args[0],
+                               params["kernel"], params.get("bias"), rule_key,
+                               labels, call_id)
     module.put_variable("params", "kernel", new)
-    if out is None:
-      out = next_fun(*args, **kwargs_)
+    out = next_fun(*args, **kwargs_)
     if walk.report:
       values[path]["std_after"] = _std(out)
     return out
@@ -939,15 +938,15 @@ def _nnx_plan(graphdef: Any, state: Any, x: jax.Array,
 
 
 def _nnx_outputs(module: nnx.Module, call: Callable, args: tuple,
-                 kwargs: dict) -> Callable[[jax.Array], jax.Array]:
-  """The layer's own flax call on its captured input with a given kernel, on
-  a fresh copy (usable inside `lax.while_loop`)."""
+                 kwargs: dict) -> Callable[..., jax.Array]:
+  """The layer's own flax call on its captured input (or another) with a
+  given kernel, on a fresh copy (usable inside `lax.while_loop`)."""
   graphdef, state = nnx.split(module)
 
-  def outputs(kernel):  # new Variables, made in the caller's trace
+  def outputs(kernel, inputs=None):  # new Variables, made in the caller's trace
     copy = nnx.merge(graphdef, jax.tree.map(lambda a: a, state))
     copy.kernel.set_value(kernel)
-    return call(copy, *args, **kwargs)
+    return call(copy, *_with_input(args, inputs), **kwargs)
 
   return outputs
 
@@ -964,14 +963,13 @@ def _nnx_program(walk: _Walk, state, rule_key, x, labels, kwarg_arrays,
     if path not in specs or path in values:
       return call(module, *args, **kwargs_)
     bias = None if module.bias is None else module.bias.get_value()
-    new, values[path], out = _visit(walk, specs[path],
-                                    _nnx_outputs(module, call, args,
-                                                 kwargs_), args[0],
-                                    module.kernel.get_value(), bias, rule_key,
-                                    labels, call_id)
+    new, values[path] = _visit(walk, specs[path],
+                               _nnx_outputs(module, call, args,
+                                            kwargs_), args[0],
+                               module.kernel.get_value(), bias, rule_key,
+                               labels, call_id)
     module.kernel.set_value(new)
-    if out is None:
-      out = call(module, *args, **kwargs_)
+    out = call(module, *args, **kwargs_)
     if walk.report:
       values[path]["std_after"] = _std(out)
     return out
