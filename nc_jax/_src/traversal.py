@@ -764,29 +764,38 @@ def walk_linen(
       found, lifted = _linen_plan(model, key, x, variables, kwargs)
     except Exception as error:  # the model's own error, re-raised with context
       raise _forward_error(x, error) from error
-    walk = _walk(
+    return _plan_and_run(
         model,
         found,
         lifted,
+        _compiled_linen,
+        key,
         x,
+        labels,
+        variables,
+        kwarg_arrays,
         layers=layers,
         make_rule=make_rule,
         kwargs=kwargs_static,
         report=report,
-        progress=progress)
-    return _run(walk, _compiled_linen, desc, progress, key, x, labels,
-                variables, kwarg_arrays)
+        progress=progress,
+        desc=desc)
 
   return placement.on_auto_axes(run, x)(key, x, labels, variables, kwarg_arrays)
 
 
-def _walk(model: Any, found: Sequence[_Found], lifted: Mapping[str, str],
-          x: jax.Array, *, layers: LayerFilter, make_rule: RuleFactory,
-          kwargs: _Kwargs, report: bool, progress: bool) -> _Walk:
-  """The plan (`make_plan`) and everything static about the compiled walk;
-  `model` is the linen module or the nnx graph definition."""
+def _plan_and_run(model: Any, found: Sequence[_Found],
+                  lifted: Mapping[str, str], program: Callable, key: jax.Array,
+                  x: jax.Array, labels: jax.Array | None, *args: Any,
+                  layers: LayerFilter, make_rule: RuleFactory, kwargs: _Kwargs,
+                  report: bool, progress: bool,
+                  desc: str) -> tuple[Any, report_lib.WalkReport | None]:
+  """The plan (`make_plan`) and everything static about the compiled walk
+  (`model` is the linen module or the nnx graph definition), then the
+  compiled walk `program(walk, key, x, labels, *args, call_id)`, with a
+  progress bar and seconds when eager."""
   plan, rule = make_plan(found, layers, lifted, make_rule)
-  return _Walk(
+  walk = _Walk(
       _static(model),
       plan,
       rule,
@@ -794,14 +803,9 @@ def _walk(model: Any, found: Sequence[_Found], lifted: Mapping[str, str],
       report,
       observe=(progress or report) and placement.is_concrete(x),
       row_sharding=_row_sharding(x))
-
-
-def _run(walk: _Walk, program: Callable, desc: str, progress: bool, *args:
-         Any) -> tuple[Any, report_lib.WalkReport | None]:
-  """Runs the compiled walk, with a progress bar and seconds when eager."""
   observer = _Observer(walk.plan, progress, desc) if walk.observe else None
   try:
-    out, values = program(walk, *args,
+    out, values = program(walk, key, x, labels, *args,
                           jnp.int32(observer.id if observer else 0))
     seconds = observer.seconds() if observer else None
   finally:
@@ -951,7 +955,7 @@ def _nnx_outputs(module: nnx.Module, call: Callable, args: tuple,
   return outputs
 
 
-def _nnx_program(walk: _Walk, state, rule_key, x, labels, kwarg_arrays,
+def _nnx_program(walk: _Walk, rule_key, x, labels, state, kwarg_arrays,
                  call_id):
   graphdef = _unwrap(walk.model)
   kwargs = walk.kwargs.join(kwarg_arrays)
@@ -1001,18 +1005,22 @@ def walk_nnx(model: nnx.Module, key: jax.Array, x: jax.Array,
                                 kwargs_static.join(kwarg_arrays))
     except Exception as error:  # the model's own error, re-raised with context
       raise _forward_error(x, error) from error
-    walk = _walk(
+    return _plan_and_run(
         graphdef,
         found,
         lifted,
+        _compiled_nnx,
+        key,
         x,
+        labels,
+        state,
+        kwarg_arrays,
         layers=layers,
         make_rule=make_rule,
         kwargs=kwargs_static,
         report=report,
-        progress=progress)
-    return _run(walk, _compiled_nnx, desc, progress, state, key, x, labels,
-                kwarg_arrays)
+        progress=progress,
+        desc=desc)
 
   params, made = placement.on_auto_axes(run,
                                         x)(jax.tree.map(placement.auto_axes,
