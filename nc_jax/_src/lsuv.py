@@ -182,10 +182,11 @@ def lsuv_linen(
   drawn orthogonal, then, layer by layer in call order, divided by the
   standard deviation of the layer's output on the batch until that variance
   is 1 within `tol` (at most `max_iters` rescalings; a layer left outside
-  `tol` is a warning naming it). Outputs come from the layer's own call on
-  its captured input, a compiled loop on that layer alone: the walk is
-  `campaign_linen`'s (one compiled program, also inside the caller's
-  `jax.jit`), with this rule instead of the election.
+  `tol` is a warning naming it). The variance comes from one pass of the
+  layer's own call over its captured input that never writes the output out
+  (docs/algorithm.md, "Whole models"), then a compiled loop on that layer
+  alone: the walk is `campaign_linen`'s (one compiled program, also inside
+  the caller's `jax.jit`), with this rule instead of the election.
   `init_key, lsuv_key = jax.random.split(key)`;
   `model.init(init_key, x[:2])` initializes everything else and layer `i`'s
   orthogonal draw uses `jax.random.fold_in(lsuv_key, i)`.
