@@ -145,3 +145,34 @@ def test_every_layer_kind_reaches_unit_variance_with_per_channel_biases(data):
       var = float(jnp.var(outputs[path]["__call__"][0]))
       assert abs(var - 1) < tol, (path, var)
     assert all(row["converged"] for row in report.rows())
+
+
+def test_half_precision_kernels_are_drawn_and_scaled(data):
+  # CPU's QR takes no 16-bit floats: the orthogonal draw is made in float32
+  # and cast; the variance is measured in float32 on every path.
+  import flax.linen as nn
+  x, _ = data
+
+  class Net(nn.Module):
+    dtype: object
+
+    @nn.compact
+    def __call__(self, x):
+      opts = {"dtype": self.dtype, "param_dtype": self.dtype}
+      h = nn.relu(nn.Conv(8, (3, 3), **opts)(x.reshape(-1, 28, 28, 1)))
+      h = nn.relu(nn.Conv(4, (3, 3), strides=2, **opts)(h))
+      return nn.Dense(10, **opts)(h.reshape(h.shape[0], -1))
+
+  for dtype in (jnp.bfloat16, jnp.float16):
+    model = Net(dtype)
+    images = x.astype(dtype)
+    out = nc_jax.lsuv_linen(model, 0, images, progress=False)
+    jitted = jax.jit(lambda a: nc_jax.lsuv_linen(model, 0, a,
+                                                 progress=False))(images)
+    jax.tree.map(np.testing.assert_array_equal, out, jitted)
+    assert {a.dtype for a in jax.tree.leaves(out)} == {jnp.dtype(dtype)}
+    _, state = model.apply(out, images, capture_intermediates=True,
+                           mutable=["intermediates"])
+    for path in ("Conv_0", "Conv_1", "Dense_0"):
+      h = state["intermediates"][path]["__call__"][0].astype(jnp.float32)
+      assert abs(float(jnp.var(h)) - 1) < 0.1, (dtype, path)

@@ -37,10 +37,10 @@ class _LsuvRule(traversal.Rule):
     del labels
     spec = layer.spec
     dtype = layer.kernel.dtype
-    if self.orthogonal:
+    if self.orthogonal:  # drawn in float32: CPU's QR takes no 16-bit floats
       kernel = _ORTHOGONAL(
           jax.random.fold_in(key, spec.index), spec.flat_shape,
-          dtype).reshape(spec.kernel_shape)
+          jnp.float32).astype(dtype).reshape(spec.kernel_shape)
     else:
       kernel = layer.kernel
 
