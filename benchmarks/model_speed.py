@@ -7,7 +7,8 @@ LSUV's by one compiled forward. A first call runs in a fresh process with
 its XLA compilations counted (and those of warm calls with a new key and a
 new batch), then in a second fresh process that finds jax's persistent
 compilation cache filled. Rows whose floor moved more than 30% are noisy
-and never judged. The measurements are `benchmarks/whole_model.py`'s.
+and never judged, nor is LSUV when the forward moved more than 30%. The
+measurements are `benchmarks/whole_model.py`'s.
 
   python benchmarks/model_speed.py                          # all four models
   python benchmarks/model_speed.py --models lenet --repeats 3

@@ -64,11 +64,16 @@ def test_first_call_counts_compilations_then_none():
 
 def test_verdicts():
   row = {"floor spread": 1.05, "warm / floor": 1.2, "first / floor": 5.0,
-         "LSUV / forward": 2.0}
+         "LSUV / forward": 2.0, "forward spread": 1.1}
   assert whole_model.verdict(row, (1.3, 4.0, 3.0)) == (
       "warm met (<= 1.3), first missed (<= 4), LSUV met (<= 3)")
   assert whole_model.verdict({**row, "floor spread": 1.4},
                              (1.3, 4.0, 3.0)).startswith("noisy")
+  # LSUV is timed against the forward: judged only if the forward held still.
+  assert whole_model.verdict({**row, "forward spread": 1.37},
+                             (1.3, 4.0, 3.0)) == (
+      "warm met (<= 1.3), first missed (<= 4), "
+      "LSUV noisy (forward spread > 1.3): not judged")
   assert whole_model.verdict(row, None) == ""
 
 

@@ -153,10 +153,15 @@ def test_campaign_report_rows_table_and_values(data):
     assert row["seconds"] >= 0
     assert np.isfinite([row["score_elected"], row["score_all"],
                         row["std_before"], row["std_after"]]).all()
-  # The first layer's output std after the walk, measured independently.
-  kernel = variables["params"]["Dense_0"]["kernel"]
-  np.testing.assert_allclose(rows[0]["std_after"], jnp.std(x @ kernel),
-                             rtol=1e-4)
+  # The outputs' std before and after the walk, measured independently.
+  init = model.init(jax.random.split(jax.random.key(0))[0], x[:2])["params"]
+  params = variables["params"]
+  h = jax.nn.relu(x @ params["Dense_0"]["kernel"])
+  for row, got in ((rows[0]["std_before"], x @ init["Dense_0"]["kernel"]),
+                   (rows[0]["std_after"], x @ params["Dense_0"]["kernel"]),
+                   (rows[1]["std_before"], h @ init["Dense_1"]["kernel"]),
+                   (rows[1]["std_after"], h @ params["Dense_1"]["kernel"])):
+    np.testing.assert_allclose(row, jnp.std(got), rtol=1e-4)
   text = str(report)
   assert "Dense_0" in text and "784x32" in text and "median score" in text
 

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm.auto as tqdm
 
+from nc_jax._src import output_variance
 from nc_jax._src import placement
 from nc_jax._src import report as report_lib
 from nc_jax._src import validation
@@ -525,10 +526,6 @@ def _row_sharding(x: jax.Array) -> placement.RowSharding | None:
   return placement.placement(x, None)[3]
 
 
-def _std(a: jax.Array) -> jax.Array:
-  return jnp.std(a.astype(jnp.float32))
-
-
 def _visit(walk: _Walk, spec: LayerSpec, layer_outputs: Callable,
            inputs: jax.Array, kernel: jax.Array, bias: jax.Array | None,
            key: jax.Array, labels: jax.Array | None,
@@ -537,8 +534,9 @@ def _visit(walk: _Walk, spec: LayerSpec, layer_outputs: Callable,
   layer = Layer(spec, inputs, kernel, bias, layer_outputs, walk.row_sharding)
   new, values = walk.rule(layer, key, labels)
   new = new.astype(kernel.dtype)
-  if walk.report:
-    values = {"std_before": _std(layer_outputs(kernel)), **values}
+  if walk.report:  # measured in one pass each, no output written out
+    std = lambda k: jnp.sqrt(output_variance.output_variance(layer, k)(k))
+    values = {"std_before": std(kernel), **values, "std_after": std(new)}
   if walk.observe:
     _observe(call_id, spec.index, new)
   return new, values
@@ -664,10 +662,7 @@ def _linen_program(walk: _Walk, key, x, labels, variables, kwarg_arrays,
                                params["kernel"], params.get("bias"), rule_key,
                                labels, call_id)
     module.put_variable("params", "kernel", new)
-    out = next_fun(*args, **kwargs_)
-    if walk.report:
-      values[path]["std_after"] = _std(out)
-    return out
+    return next_fun(*args, **kwargs_)
 
   with nn.intercept_methods(_linen_interceptor(set_kernel)):
     _, updated = model.apply(variables, x, mutable=True, **kwargs)
@@ -973,10 +968,7 @@ def _nnx_program(walk: _Walk, rule_key, x, labels, state, kwarg_arrays,
                                module.kernel.get_value(), bias, rule_key,
                                labels, call_id)
     module.kernel.set_value(new)
-    out = call(module, *args, **kwargs_)
-    if walk.report:
-      values[path]["std_after"] = _std(out)
-    return out
+    return call(module, *args, **kwargs_)
 
   _nnx_pass(view, x, set_kernel, lambda module: None, kwargs)
   return nnx.state(view, nnx.Param), _in_plan_order(walk.plan, values)
