@@ -16,15 +16,19 @@ import jax
 NOISY_SPREAD = 1.3
 
 
-def interleaved(fns: dict[str, Callable[[int], Any]], repeats: int
+def interleaved(fns: dict[str, Callable[[int], Any]], repeats: int,
+                warmup: int = 0
                 ) -> tuple[dict[str, float], dict[str, list[float]]]:
-  """Times each `fn(i)` until ready: a first call each, then `repeats`
-  rounds that call every fn in turn, so that load on the machine falls on
-  all of them alike.
+  """Times each `fn(i)` until ready: a first call each, then `warmup`
+  untimed rounds, then `repeats` rounds that call every fn in turn, so that
+  load on the machine falls on all of them alike.
 
   Args:
-    fns: called with 0 for the first (compiling) call, then 1..repeats.
+    fns: called with 0 for the first (compiling) call, then with the round
+      number (warm-up rounds included).
     repeats: rounds of warm calls.
+    warmup: rounds run before the timed ones and not timed (the first round
+      after several large first calls can pay for the memory they freed).
 
   Returns:
     `(first, warm)`: the first call's seconds and the warm calls' seconds,
@@ -37,9 +41,11 @@ def interleaved(fns: dict[str, Callable[[int], Any]], repeats: int
 
   first = {name: seconds(fn, 0) for name, fn in fns.items()}
   warm = {name: [] for name in fns}
-  for i in range(1, repeats + 1):
+  for i in range(1, warmup + repeats + 1):
     for name, fn in fns.items():
-      warm[name].append(seconds(fn, i))
+      took = seconds(fn, i)
+      if i > warmup:
+        warm[name].append(took)
   return first, warm
 
 

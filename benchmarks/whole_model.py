@@ -175,7 +175,8 @@ def _seconds(fn: Callable[[], Any]) -> float:
 
 
 def warm_timings(model: Model, m: int, repeats: int) -> dict[str, Any]:
-  """Interleaved warm calls: the floor, the campaign, LSUV, the forward."""
+  """Interleaved warm calls, after one untimed round: the floor, the
+  campaign, LSUV, the forward."""
   module = model.make()
   x, y = batch(model, m)
   variables = module.init(jax.random.key(0), x[:2])
@@ -193,7 +194,7 @@ def warm_timings(model: Model, m: int, repeats: int) -> dict[str, Any]:
                                                   progress=False),
       "lsuv": lambda i: nc_jax.lsuv_linen(module, i, x, progress=False),
   }
-  _, times = timing.interleaved(fns, repeats)
+  _, times = timing.interleaved(fns, repeats, warmup=1)
   return {"layers": len(layers), "times": times}
 
 

@@ -127,3 +127,14 @@ def test_main_smoke(tmp_path):
   assert result["election"] == [] and result["memory"] == []
   assert init_speed.parse_args([]).shapes == [(784, 100), (784, 256),
                                               (1024, 1024)]
+
+
+def test_interleaved_runs_warmup_rounds_untimed():
+  calls = []
+  first, warm = timing.interleaved(
+      {"a": lambda i: calls.append(("a", i)), "b": lambda i: calls.append(
+          ("b", i))}, repeats=2, warmup=1)
+  assert calls == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2),
+                   ("b", 2), ("a", 3), ("b", 3)]
+  assert set(first) == {"a", "b"}
+  assert [len(v) for v in warm.values()] == [2, 2]
