@@ -118,8 +118,8 @@ def test_a_walk_compiles_a_handful_of_programs_then_none(data, walk):
   with _Compiles() as new_batch:
     jax.block_until_ready(walk(model, jax.random.key(1), other_x, other_y))
   # The walk itself is one program; the rest are the batch's eager checks
-  # (finiteness, class ids) and the key's split, each compiled once.
-  assert 1 <= first.count <= 6
+  # (x finite, class ids) and the key's split, each compiled once.
+  assert 1 <= first.count <= 7
   assert new_key.count == 0
   assert new_batch.count == 0
 
@@ -479,6 +479,49 @@ def test_walk_argument_errors(data, call, error, match):
   x, y = data
   with pytest.raises(error, match=match):
     call(x, y)
+
+
+@pytest.mark.parametrize("walk", [
+    lambda x, y: nc_jax.campaign_linen(models.MLP((8, 10)), 0, x, y),
+    lambda x, y: nc_jax.lsuv_linen(models.MLP((8, 10)), 0, x),
+    lambda x, y: nc_jax.campaign_nnx(models.NnxMLP(SIZES, rngs=nnx.Rngs(0)),
+                                     x, y),
+], ids=["campaign_linen", "lsuv_linen", "campaign_nnx"])
+def test_a_batch_the_walks_cannot_take_is_refused_before_any_work(data, walk):
+  x, y = data
+  with pytest.raises(ValueError, match=r"`x` has 2 NaN or infinite entries"):
+    walk(x.at[3, 2].set(jnp.nan).at[5, 0].set(-jnp.inf), y)
+  for inputs in ({"pixels": x}, (x, x)):  # a tuple is never stacked
+    with pytest.raises(TypeError, match="through `model_kwargs`"):
+      walk(inputs, y)
+
+
+class _Overflows(nn.Module):
+  """Finite inputs, infinite activations by the third layer."""
+
+  @nn.compact
+  def __call__(self, x):
+    huge = nn.initializers.constant(1e30)
+    h = nn.Dense(16, kernel_init=huge)(nn.Dense(16, kernel_init=huge)(x))
+    return nn.Dense(10)(nn.relu(h))
+
+
+@pytest.mark.parametrize("options", [{}, {"whiten": ["Dense_2"]}],
+                         ids=["campaign", "whitened"])
+def test_a_layer_whose_input_overflowed_is_refused_by_name(data, options):
+  x, y = data
+  walk = lambda x, y: nc_jax.campaign_linen(
+      _Overflows(), 0, x, y, layers=["Dense_2"], num_classes=10,
+      progress=False, **options)
+  with pytest.raises(ValueError, match="layer 'Dense_2' receives NaN or inf"):
+    walk(x, y)
+  # Inside the caller's jit nothing can raise: the kernel is NaN, never
+  # plausible.
+  kernel = jax.jit(walk)(x, y)["params"]["Dense_2"]["kernel"]
+  assert bool(jnp.isnan(kernel).all())
+  with pytest.warns(UserWarning, match="'Dense_2': has output variance nan "
+                    r"on the batch \(NaN or infinite values"):
+    nc_jax.lsuv_linen(_Overflows(), 0, x, layers=["Dense_2"], progress=False)
 
 
 def test_model_kwargs_with_arrays_are_traced_not_static(data):

@@ -99,7 +99,7 @@ def _padding(padding: Padding, rank: int) -> str | tuple[tuple[int, int], ...]:
       return padding.upper()
     raise ValueError(
         f"`padding` {padding!r} is not supported by the campaign; use 'SAME', "
-        "'VALID' or explicit pads, or leave the layer out with `layers=`.")
+        "'VALID' or explicit pads, or initialize the layer another way.")
   if isinstance(padding, numbers.Integral):
     padding = (padding,) * rank
   try:
@@ -172,8 +172,8 @@ def conv_spec(batch_shape: tuple[int, ...], kernel_shape: tuple[int, ...], *,
       feature_group_count != 1):
     raise ValueError(
         f"`feature_group_count` is {feature_group_count!r}: grouped and "
-        "depthwise convolutions are not supported by the campaign yet; leave "
-        "the layer out with `layers=` (it keeps its own init).")
+        "depthwise convolutions are not supported by the campaign yet; "
+        "initialize the layer another way.")
   if batch_shape[-1] != kernel_shape[-2]:
     raise ValueError(
         f"`batch` has {batch_shape[-1]} channels but the kernel expects "

@@ -211,6 +211,12 @@ class _CampaignRule(traversal.Rule):
                                      self.num_classes)
     if layer.row_sharding is not None:  # scored where the rows lie
       checked = checked._replace(row_sharding=layer.row_sharding)
+    # False when the forward overflowed before this layer; refused after the
+    # walk (`WalkReport.check`), its kernel NaN meanwhile.
+    finite = {
+        "input_finite":
+            jnp.asarray(True) if checked.valid is None else checked.valid
+    }
     if whitened:
       kernel = whitening_lib.whitened_kernel(
           checked,
@@ -220,7 +226,7 @@ class _CampaignRule(traversal.Rule):
           self.whitening,
           chunk_size=self.chunk_size,
           **(spec.geometry.conv_options or {}))
-      return kernel.reshape(spec.kernel_shape), {}
+      return kernel.reshape(spec.kernel_shape), finite
     bias, constant = _scalar_bias(layer.bias)
     elected = campaign.score_and_elect(
         checked,
@@ -244,7 +250,8 @@ class _CampaignRule(traversal.Rule):
         "dropped_input": elected.dropped.input_info,
         "dropped_label": elected.dropped.label_info,
         "overflowed": elected.dropped.overflowed,
-        "bias_constant": constant
+        "bias_constant": constant,
+        **finite
     }
 
 

@@ -124,14 +124,21 @@ class WalkReport:
     return "\n".join(lines)
 
   def check(self) -> None:
-    """Raises for a layer whose bias the campaign could not score with,
-    and warns, naming the layer, about every criterion that dropped out and
-    every layer LSUV left short of unit variance; silent under tracing."""
+    """Raises for a layer whose input held NaN or infinite values, or whose
+    bias the campaign could not score with, and warns, naming the layer,
+    about every criterion that dropped out and every layer LSUV left short of
+    unit variance; silent under tracing."""
     if not self.concrete:
       return
     for static, values in zip(self.static, self.values, strict=True):
       path = dict(static)["path"]
       where = f"layer {path!r}: "
+      if "input_finite" in values and not bool(values["input_finite"]):
+        raise ValueError(
+            f"layer {path!r} receives NaN or infinite values on this batch "
+            "(`x` is finite: a layer before it overflowed), so its kernel "
+            "cannot be scored; scale `x` down, or check the layers before "
+            f"{path!r}.")
       if "bias_constant" in values and not bool(values["bias_constant"]):
         raise ValueError(
             f"layer {path!r} starts with a non-constant bias; the campaign "
@@ -144,9 +151,13 @@ class WalkReport:
                                values["overflowed"]), where)
       if "converged" in values and not bool(values["converged"]):
         variance = float(values["variance"])
-        if not math.isfinite(variance) or variance == 0.0:
-          why = (f"has output variance {variance} on the batch (dead or "
-                 "constant input); its kernel is kept unscaled")
+        if not math.isfinite(variance):
+          why = (f"has output variance {variance} on the batch (NaN or "
+                 "infinite values: `x` is finite, so a layer before it, or "
+                 "this one, overflowed); its kernel is kept unscaled")
+        elif variance == 0.0:
+          why = ("has output variance 0 on the batch (dead or constant "
+                 "input); its kernel is kept unscaled")
         else:
           why = (f"ends with output variance {variance:.8g} after "
                  f"{int(values['lsuv_iterations'])} rescalings, not within "

@@ -274,7 +274,7 @@ def make_plan(found: Sequence[_Found], layers: LayerFilter,
   if refused:
     raise ValueError(
         "the walk refuses these layers before any work: " +
-        "; ".join(f"{p!r}: {why}" for p, why in refused.items()) +
+        "; ".join(f"{p!r}: {why.rstrip('.')}" for p, why in refused.items()) +
         f". Leave them out with `layers=` (they keep their own init), "
         f"e.g. layers=lambda path: path not in {sorted(refused)}.")
   for path in chosen:  # a layer left out keeps its init, however shared

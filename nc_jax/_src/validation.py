@@ -13,6 +13,7 @@ factories turn into a NaN kernel.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import numbers
 import os
 import sys
@@ -122,7 +123,7 @@ def check_finite(values: ArrayLike, name: str) -> None:
   if bad:
     raise ValueError(
         f"`{name}` has {bad} NaN or infinite entries; clean or impute them "
-        "before scoring candidates.")
+        "first.")
 
 
 def host_values(values: ArrayLike) -> np.ndarray:
@@ -441,13 +442,23 @@ def check_model_batch(
   `x` and the ids come back on Auto mesh axes (`placement.auto_axes`).
   """
   if not hasattr(x, "shape"):
-    x = jnp.asarray(x)
+    try:
+      if isinstance(x, Mapping | tuple):  # never stacked into one array
+        raise TypeError
+      x = jnp.asarray(x)
+    except (TypeError, ValueError):
+      raise TypeError(
+          f"`x` must be one array, the model's first argument, got "
+          f"{type(x).__name__}; pass the model's other inputs by keyword "
+          "through `model_kwargs`.") from None
   if jnp.ndim(x) < 1 or x.shape[0] < 2:
     raise ValueError(
         f"`x` must be a batch of at least 2 examples along axis 0, got shape "
         f"{jnp.shape(x)}.")
   labels, num_classes = as_int_labels(y, x.shape[0], num_classes, name="y")
-  return auto_axes(jnp.asarray(x)), auto_axes(labels), num_classes
+  x = auto_axes(jnp.asarray(x))
+  check_finite(x, "x")
+  return x, auto_axes(labels), num_classes
 
 
 def as_key(key: jax.Array | int) -> jax.Array:
