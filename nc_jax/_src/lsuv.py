@@ -110,7 +110,8 @@ def lsuv_linen(
   Args:
     model: a flax.linen module.
     key: a PRNG key or an int seed.
-    x: the batch, as the model's `__call__` takes it.
+    x: the batch: one array, the model's first argument (other inputs go by
+      keyword through `model_kwargs`).
     tol: tolerance on the output variance, `|var - 1| < tol`.
     max_iters: most rescalings per layer.
     layers: which weight layers take part (None: all; a collection of paths or
@@ -129,7 +130,7 @@ def lsuv_linen(
 
   Raises:
     ValueError, TypeError: for a model without weight layers, an `x` the model
-      cannot take, or malformed options.
+      cannot take or with NaN or infinite entries, or malformed options.
 
   Examples:
     >>> import jax
@@ -186,7 +187,8 @@ def lsuv_nnx(
 
   Args:
     model: a flax.nnx module, already constructed.
-    x: the batch, as the model's `__call__` takes it.
+    x: the batch: one array, the model's first argument (other inputs go by
+      keyword through `model_kwargs`).
     key: a PRNG key or an int seed.
     tol: tolerance on the output variance, `|var - 1| < tol`.
     max_iters: most rescalings per layer.
@@ -205,7 +207,7 @@ def lsuv_nnx(
 
   Raises:
     ValueError, TypeError: for a model without weight layers, an `x` the model
-      cannot take, or malformed options.
+      cannot take or with NaN or infinite entries, or malformed options.
 
   Examples:
     >>> import jax

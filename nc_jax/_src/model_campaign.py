@@ -340,7 +340,8 @@ def campaign_linen(
   Args:
     model: a flax.linen module.
     key: a PRNG key or an int seed.
-    x: the batch the campaign is scored on, as the model's `__call__` takes it.
+    x: the batch the campaign is scored on: one array, the model's first
+      argument (other inputs go by keyword through `model_kwargs`).
     y: int class ids `(m,)`, one-hot `(m, C)`, or None (unsupervised campaign).
     alpha: weight of the input-information criterion per layer: a float for
       every layer, a sequence with one value per layer taking part, or a
@@ -388,7 +389,8 @@ def campaign_linen(
 
   Raises:
     ValueError, TypeError: for a model without weight layers, an `x` the model
-      cannot take, `y` of another length than `x`, or malformed options.
+      cannot take or with NaN or infinite entries, `y` of another length than
+      `x`, a layer whose input overflowed (named), or malformed options.
 
   Examples:
     >>> import jax
@@ -470,7 +472,8 @@ def campaign_nnx(
 
   Args:
     model: a flax.nnx module, already constructed.
-    x: the batch the campaign is scored on, as the model's `__call__` takes it.
+    x: the batch the campaign is scored on: one array, the model's first
+      argument (other inputs go by keyword through `model_kwargs`).
     y: int class ids `(m,)`, one-hot `(m, C)`, or None (unsupervised campaign).
     key: a PRNG key or an int seed for the candidates.
     alpha: weight of the input-information criterion per layer: a float for
@@ -519,7 +522,8 @@ def campaign_nnx(
 
   Raises:
     ValueError, TypeError: for a model without weight layers, an `x` the model
-      cannot take, `y` of another length than `x`, or malformed options.
+      cannot take or with NaN or infinite entries, `y` of another length than
+      `x`, a layer whose input overflowed (named), or malformed options.
 
   Examples:
     >>> import jax
