@@ -136,9 +136,9 @@ class WalkReport:
       if "input_finite" in values and not bool(values["input_finite"]):
         raise ValueError(
             f"layer {path!r} receives NaN or infinite values on this batch "
-            "(`x` is finite: a layer before it overflowed), so its kernel "
-            "cannot be scored; scale `x` down, or check the layers before "
-            f"{path!r}.")
+            "although `x` is finite (what the model computes before it "
+            "overflowed or made NaN), so its kernel cannot be scored; scale "
+            f"`x` down, or check the model's computation before {path!r}.")
       if "bias_constant" in values and not bool(values["bias_constant"]):
         raise ValueError(
             f"layer {path!r} starts with a non-constant bias; the campaign "
@@ -153,8 +153,9 @@ class WalkReport:
         variance = float(values["variance"])
         if not math.isfinite(variance):
           why = (f"has output variance {variance} on the batch (NaN or "
-                 "infinite values: `x` is finite, so a layer before it, or "
-                 "this one, overflowed); its kernel is kept unscaled")
+                 "infinite values although `x` is finite: the model's "
+                 "computation up to this layer's output overflowed or made "
+                 "NaN); its kernel is kept unscaled")
         elif variance == 0.0:
           why = ("has output variance 0 on the batch (dead or constant "
                  "input); its kernel is kept unscaled")
