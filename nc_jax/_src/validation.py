@@ -442,15 +442,16 @@ def check_model_batch(
   `x` and the ids come back on Auto mesh axes (`placement.auto_axes`).
   """
   if not hasattr(x, "shape"):
-    try:
-      if isinstance(x, Mapping | tuple):  # never stacked into one array
-        raise TypeError
-      x = jnp.asarray(x)
+    given = x
+    try:  # a mapping or tuple of inputs is never stacked into one array
+      x = None if isinstance(given, Mapping | tuple) else jnp.asarray(given)
     except (TypeError, ValueError):
+      x = None
+    if x is None:
       raise TypeError(
           f"`x` must be one array, the model's first argument, got "
-          f"{type(x).__name__}; pass the model's other inputs by keyword "
-          "through `model_kwargs`.") from None
+          f"{type(given).__name__}; pass the model's other inputs by keyword "
+          "through `model_kwargs`.")
   if jnp.ndim(x) < 1 or x.shape[0] < 2:
     raise ValueError(
         f"`x` must be a batch of at least 2 examples along axis 0, got shape "
